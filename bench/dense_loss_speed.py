@@ -36,7 +36,8 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ltdet.losses import EFLLoss, EQFLLoss, EQLv2FocalLoss, FocalLoss
 
-NAMES = ("torchvision", "focal", "efl", "eqfl", "eqlv2_focal")
+LOSSES = {"focal": FocalLoss, "efl": EFLLoss, "eqfl": EQFLLoss, "eqlv2_focal": EQLv2FocalLoss}
+NAMES = ("torchvision",) + tuple(LOSSES)
 
 
 def make_inputs(m: int, c: int, fg: float, seed: int = 0):
@@ -57,7 +58,7 @@ def make_step(name: str, c: int, logits, labels, scores, onehot):
         args = (logits, onehot)
         loss_fn = partial(sigmoid_focal_loss, reduction="sum")
     else:
-        loss_fn = {"focal": FocalLoss, "efl": EFLLoss, "eqfl": EQFLLoss, "eqlv2_focal": EQLv2FocalLoss}[name](c)
+        loss_fn = LOSSES[name](c)
         args = (logits, labels, scores) if name == "eqfl" else (logits, labels)
         if name != "focal":
             gen = torch.Generator().manual_seed(1)
@@ -116,7 +117,9 @@ def measure_memory(args) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--m", type=int, default=20000, help="M, dense samples")
     parser.add_argument("--c", type=int, default=1203, help="C, classes (LVIS v1: 1203)")
     parser.add_argument("--fg", type=float, default=0.02, help="fraction of foreground samples")
@@ -127,13 +130,15 @@ def main():
     if args.memory_child:
         memory_child(args)
         return
-    print(f"logits [{args.m}, {args.c}] float32, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    threads = torch.get_num_threads()
+    print(f"logits [{args.m}, {args.c}] float32, CPU, {threads} threads, torch {torch.__version__}")
     times = time_all(args)
     memory = measure_memory(args)
     ref_t, ref_m = times["torchvision"], memory["torchvision"]
     print(f"{'loss':<14}{'fwd+bwd s':>11}{'time ratio':>12}{'peak MiB':>10}{'mem ratio':>11}")
     for name in NAMES:
-        print(f"{name:<14}{times[name]:>11.3f}{times[name] / ref_t:>12.2f}{memory[name]:>10.0f}{memory[name] / ref_m:>11.2f}")
+        t, mem = times[name], memory[name]
+        print(f"{name:<14}{t:>11.3f}{t / ref_t:>12.2f}{mem:>10.0f}{mem / ref_m:>11.2f}")
     print("time: median of interleaved rounds in one process; memory: peak RSS increase "
           "(VmHWM - VmRSS) of one step in a fresh subprocess per loss")
 

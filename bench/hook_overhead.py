@@ -7,9 +7,11 @@ synchronises every step and puts scalars, a histogram and an image every
 ``LTDET.GRAD_STATS.PERIOD`` iterations) and with ``False`` (no statistics, no
 hook). Both see the same weights and the same batches. Rounds alternate the
 two so machine-load drift hits both; each round times ``--iters`` iterations
-after ``--warmup`` untimed ones. Reported: median and mean step time (run_step
-plus every after_step hook), the overhead in %, and the hook's own time per
-iteration measured directly (less noisy than the difference).
+after ``--warmup`` untimed ones (plus one untimed last iteration, which
+carries the once-per-run end-of-training outputs). Reported: median and mean
+step time (run_step plus every after_step hook), the overhead in %, and the
+hook's own time per iteration measured directly (less noisy than the
+difference), split into synchronize / put_events / write_json.
 
 Example:
     python bench/hook_overhead.py --config-file configs/synthetic/faster_rcnn_sigmoid.yaml --iters 40
@@ -36,14 +38,19 @@ BUDGET_PERCENT = 3.0
 
 
 class _StepTimer(HookBase):
-    """Registered last: times before_step -> after_step of every later hook (the full step)."""
+    """Registered last: times before_step -> after_step of every later hook (the full step).
+
+    Records only iterations in ``[window[0], window[1])``.
+    """
 
     def __init__(self):
         self.times = []
+        self.window = (0, 0)
         self.record = False
         self._start = 0.0
 
     def before_step(self):
+        self.record = self.window[0] <= self.trainer.iter < self.window[1]
         self._start = time.perf_counter()
 
     def after_step(self):
@@ -52,17 +59,19 @@ class _StepTimer(HookBase):
 
 
 class _Timed:
-    """Accumulates the wall time of a hook's ``after_step`` while recording."""
+    """Wraps ``obj.<name>``: call count and wall time while ``timer`` records."""
 
-    def __init__(self, hook, timer: _StepTimer):
-        self.total, self._call, self._timer = 0.0, hook.after_step, timer
-        hook.after_step = self
+    def __init__(self, obj, name: str, timer: _StepTimer):
+        self.calls, self.total, self._call, self._timer = 0, 0.0, getattr(obj, name), timer
+        setattr(obj, name, self)
 
-    def __call__(self):
+    def __call__(self, *args, **kwargs):
         start = time.perf_counter()
-        self._call()
+        out = self._call(*args, **kwargs)
         if self._timer.record:
+            self.calls += 1
             self.total += time.perf_counter() - start
+        return out
 
 
 def build_cfg(args, enabled: bool, output_dir: str):
@@ -98,17 +107,20 @@ class Variant:
         if not enabled and self.hook is not None:
             raise RuntimeError(f"{args.config_file}: the loss always collects statistics (EQLv2/EFL): no 'off'")
         self.timer = _StepTimer()
-        self.hook_time = _Timed(self.hook, self.timer) if self.hook is not None else None
+        parts = ("after_step", "synchronize", "put_events", "write_json") if self.hook is not None else ()
+        self.parts = {name: _Timed(self.hook, name, self.timer) for name in parts}
         self.trainer.register_hooks([self.hook, self.timer])
         self.iter = 0
 
     def run(self, warmup: int, iters: int):
-        self.timer.record = False
-        self.trainer.train(self.iter, self.iter + warmup)
-        self.timer.record = True
-        self.trainer.train(self.iter + warmup, self.iter + warmup + iters)
-        self.timer.record = False
-        self.iter += warmup + iters
+        """Train ``warmup + iters + 1`` iterations, timing the middle ``iters``.
+
+        The last iteration of a ``train`` call is untimed: it carries the
+        end-of-training outputs, paid once per run, not per iteration.
+        """
+        self.timer.window = (self.iter + warmup, self.iter + warmup + iters)
+        self.trainer.train(self.iter, self.iter + warmup + iters + 1)
+        self.iter += warmup + iters + 1
 
 
 def main():
@@ -133,7 +145,7 @@ def main():
     off, on = variants
     med_off, med_on = statistics.median(off.timer.times), statistics.median(on.timer.times)
     mean_off, mean_on = statistics.fmean(off.timer.times), statistics.fmean(on.timer.times)
-    hook_per_iter = on.hook_time.total / len(on.timer.times)
+    hook_per_iter = on.parts["after_step"].total / len(on.timer.times)
     print(f"\nconfig {args.config_file}, {len(on.timer.times)} timed iterations per variant, PERIOD {on.period}")
     print(f"{'':>22}{'median s/iter':>15}{'mean s/iter':>13}")
     print(f"{'statistics off':>22}{med_off:>15.4f}{mean_off:>13.4f}")
@@ -142,6 +154,10 @@ def main():
     print(f"overhead (mean): {overhead:+.2f}%  (median: {100.0 * (med_on - med_off) / med_off:+.2f}%)")
     hook_percent = 100.0 * hook_per_iter / mean_on
     print(f"GradientRatioHook.after_step: {1000 * hook_per_iter:.2f} ms/iter = {hook_percent:.2f}% of an iteration")
+    for name in ("synchronize", "put_events", "write_json"):
+        part = on.parts[name]
+        if part.calls:
+            print(f"  {name}: {part.calls} calls, {1000 * part.total / part.calls:.2f} ms per call")
     verdict = "within" if max(overhead, hook_percent) <= BUDGET_PERCENT else "OVER"
     print(f"budget {BUDGET_PERCENT:.0f}%: {verdict} (timing noise on a shared machine can exceed it either way)")
 

@@ -15,8 +15,9 @@ and writes, under ``--out``:
 Resumable: a run whose ``metrics.json`` already holds the final evaluation is skipped, an unfinished one
 continues from its last checkpoint (``--resume``). The synthetic dataset is generated (default parameters)
 under ``$DETECTRON2_DATASETS/synthetic_lt`` if absent, and both NUM_CLASSES keys are set from it.
-``--max-iter`` rescales ``SOLVER.STEPS``, ``WARMUP_ITERS`` and ``CHECKPOINT_PERIOD`` with it. Options after
-the flags are config overrides passed to every run (they come last, so they win).
+``--max-iter`` rescales ``SOLVER.STEPS``, ``WARMUP_ITERS`` and ``CHECKPOINT_PERIOD`` with it. Config
+overrides for every run follow the flags (after a single-value flag, or after ``--``); they come last on
+each train_net.py command line, so they win.
 
 Examples:
     python bench/long_tail_study.py --seeds 0 1 2 --jobs 4 --device cuda --out output/long_tail_study
@@ -52,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="output/long_tail_study", help="output directory")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    return args
 
 
 def dataset_root():
@@ -101,7 +104,8 @@ def final_metrics(run_dir, max_iter):
 
     Args:
         run_dir (str): a run's OUTPUT_DIR.
-        max_iter (int): the run's SOLVER.MAX_ITER (the final evaluation is logged at iteration max_iter - 1).
+        max_iter (int): the run's SOLVER.MAX_ITER; detectron2 logs the final evaluation at iteration
+            max_iter - 1 or later, periodic ones (TEST.EVAL_PERIOD) before.
 
     Returns:
         dict or None: metric name (without "bbox/") -> value.

@@ -239,6 +239,7 @@ def test_category_stats_tool(tiny, tmp_path, capsys):
         with open(out) as f:
             reports[fmt] = json.load(f)
         assert "frequency group" in capsys.readouterr().out
+    assert tool._json_format(paths["train"]) == "lvis" and tool._json_format(paths["coco_train"]) == "coco"
     lvis, coco = reports["train"], reports["coco_train"]
     assert (lvis["source"], coco["source"]) == ("json", "dicts")
     assert lvis["image_count"] == coco["image_count"][::-1]
@@ -263,7 +264,24 @@ def test_long_tail_study_smoke(tiny, tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "skip" in proc.stdout
     with open(os.path.join(out, "results.json")) as f:
-        results = json.load(f)
+        results = json.load(f)["methods"]
     for method in ("faster_rcnn_softmax", "atss_focal"):
         assert set(["AP", "APr", "AP1", "AP5"]) <= set(results[method]["mean"])
     assert os.path.isfile(os.path.join(out, "results.md"))
+
+
+def test_visualize_tool_with_datasets_from_the_command_line(tiny, tmp_path):
+    root, paths = tiny
+    spec = importlib.util.spec_from_file_location("visualize_tool", os.path.join(REPO, "tools", "visualize.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    val = _name("cli_val")
+    out = str(tmp_path / "vis")
+    written = tool.main([
+        "--config-file", os.path.join(REPO, "configs", "synthetic", "faster_rcnn_softmax.yaml"),
+        "--num-images", "2", "--out", out, "--score-thresh", "0",
+        "LTDET.DATASETS.REGISTER", repr([(val, "coco", paths["coco_val"], root)]),
+        "DATASETS.TRAIN", "()", "DATASETS.TEST", repr((val,)), "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES),
+        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path),
+    ])
+    assert len(written) == 2 and all(p.endswith(".png") and os.path.isfile(p) for p in written)

@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("dataset", nargs="?", help="registered dataset name (e.g. lvis_v1_train)")
     parser.add_argument("--json", help="a COCO- or LVIS-format json instead of a registered name")
     parser.add_argument("--format", choices=("auto", "coco", "lvis"), default="auto",
-                        help="format of --json (default: %(default)s, LVIS if images carry coco_url)")
+                        help="format of --json (default: %(default)s, see _json_format)")
     parser.add_argument("--config-file", help="config whose LTDET.DATASETS.REGISTER entries to register first")
     parser.add_argument("--out", help="write the statistics to this json file")
     parser.add_argument("--rare-max", type=int, default=None,
@@ -51,9 +51,12 @@ def parse_args(argv=None):
 
 
 def _json_format(json_file):
+    """"lvis" for LVIS-style jsons (images with coco_url and image-level labels, category ids 1..C)."""
     with open(json_file) as f:
-        images = json.load(f).get("images", [])
-    return "lvis" if images and all("coco_url" in im and "file_name" not in im for im in images) else "coco"
+        data = json.load(f)
+    images, ids = data.get("images", []), sorted(c["id"] for c in data.get("categories", []))
+    lvis_images = images and all("coco_url" in im and "neg_category_ids" in im for im in images)
+    return "lvis" if lvis_images and ids == list(range(1, len(ids) + 1)) else "coco"
 
 
 def category_report(dataset_name, rare_max=10, common_max=100):
@@ -120,7 +123,7 @@ def format_report(report, per_class=True):
     if per_class:
         rows = [(i, name, image_count[i], instance_count[i], groups[i], f"AP{report['frequency_groups'][i] + 1}")
                 for i, name in enumerate(report["class_names"])]
-        lines.append(tabulate(rows, headers=["id", "class", "images", "instances", "group", "frequency group"],
+        lines.append(tabulate(rows, headers=["id (0-based)", "class", "images", "instances", "group", "frequency group"],
                               tablefmt="pipe"))
     return "\n\n".join(lines)
 

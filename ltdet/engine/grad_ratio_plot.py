@@ -123,8 +123,8 @@ def _runs(groups: np.ndarray, value: int) -> List[tuple]:
 class GradRatioFigure:
     """Ratio panel over a pos/neg panel; lines can be added or updated in place.
 
-    The figure is built once, so a periodic re-render (the training hook) only
-    costs one Agg draw.
+    The figure is built once and ``to_array`` blits, so a periodic re-render
+    (the training hook) costs a few milliseconds.
 
     Args:
         order: int[C], display position -> class index (see ``class_order``).
@@ -211,25 +211,29 @@ class GradRatioFigure:
     def _limits(self) -> tuple:
         """Rounded y-limits (ratio top, log-panel decades).
 
-        Sticky: the limits drawn last are kept while the data stay within them
-        and fill a reasonable part of them, so periodic re-renders rarely need
-        a full redraw.
+        Tight on the first render. Later renders keep the limits drawn last
+        while the data stay within them and fill a reasonable part of them,
+        and move them with headroom otherwise, so periodic re-renders rarely
+        need a full redraw.
         """
         lines = list(self._lines.values())
         ratios = np.concatenate([np.asarray(ls[0].get_ydata(), dtype=np.float64) for ls in lines] or [[]])
         ratios = ratios[np.isfinite(ratios)]
-        top = _nice_ceil(1.05 * ratios.max()) if ratios.size and ratios.max() > 0 else 1.0
+        r_max = float(ratios.max()) if ratios.size and ratios.max() > 0 else 0.0
         grads = np.concatenate([np.asarray(l.get_ydata(), dtype=np.float64) for ls in lines for l in ls[1:]] or [[]])
         grads = grads[np.isfinite(grads) & (grads > 0)]
         if grads.size:
             low, high = 10.0 ** np.floor(np.log10(grads.min())), 10.0 ** np.ceil(np.log10(grads.max()))
         else:
             low, high = 1.0, 10.0
-        if self._drawn_limits is not None:
-            old_top, old_low, old_high = self._drawn_limits
-            top = old_top if old_top / 3.0 < top <= old_top else top
-            low = old_low if old_low <= low < old_low * 1e3 else low
-            high = old_high if old_high / 1e3 < high <= old_high else high
+        if self._drawn_limits is None:
+            top = _nice_ceil(1.05 * r_max) if r_max > 0 else 1.0
+            return top, low, max(high, 10.0 * low)
+        old_top, old_low, old_high = self._drawn_limits
+        need_top = 1.05 * r_max
+        top = old_top if old_top / 3.0 < need_top <= old_top else (_nice_ceil(1.5 * r_max) if r_max > 0 else 1.0)
+        low = old_low if old_low <= low < old_low * 1e3 else low / 10.0
+        high = old_high if old_high / 1e3 < high <= old_high else high * 10.0
         return top, low, max(high, 10.0 * low)
 
     def _apply_limits(self, limits: tuple):

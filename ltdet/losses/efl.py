@@ -19,6 +19,7 @@ loss (EFL Sec. 1 / Table 1, derivative appendix eq. 7).
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .focal_family import check_logits, focal_family_loss
@@ -135,7 +136,9 @@ class EQFLLoss(EFLLoss):
         self.grad_stats.synchronize()
         check_logits(logits, self.num_classes)
         if scores.shape != labels.shape:
-            raise ValueError(f"scores must have the shape of labels {tuple(labels.shape)}, got {tuple(scores.shape)}")
+            raise ValueError(
+                f"scores must have the shape of labels {tuple(labels.shape)}, got {tuple(scores.shape)}"
+            )
         gamma, weight = self.class_factors()
         scores = scores.detach()
 
@@ -163,7 +166,7 @@ def quality_focal_terms(z, target, gamma, weight) -> Tuple[torch.Tensor, torch.T
         (loss[P], grad[P]).
     """
     p, q = torch.sigmoid(z), torch.sigmoid(-z)
-    bce = torch.nn.functional.softplus(z) - target * z
+    bce = F.softplus(z) - target * z
     diff = p - target
     mod = diff.abs().pow(gamma)
     grad = gamma * diff.abs().pow(gamma - 1.0) * diff.sign() * p * q * bce + mod * diff
