@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/two_stage_loss_speed.py
 	$(PY) bench/dense_loss_speed.py
 	$(PY) bench/hook_overhead.py
+	$(PY) bench/config_iteration_time.py
 
 clean-output:
 	rm -rf output

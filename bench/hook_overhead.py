@@ -37,7 +37,7 @@ from ltdet.engine import build_grad_ratio_hook, resolve_device
 BUDGET_PERCENT = 3.0
 
 
-class _StepTimer(HookBase):
+class StepTimer(HookBase):
     """Registered last: times before_step -> after_step of every later hook (the full step).
 
     Records only iterations in ``[window[0], window[1])``.
@@ -61,7 +61,7 @@ class _StepTimer(HookBase):
 class _Timed:
     """Wraps ``obj.<name>``: call count and wall time while ``timer`` records."""
 
-    def __init__(self, obj, name: str, timer: _StepTimer):
+    def __init__(self, obj, name: str, timer: StepTimer):
         self.calls, self.total, self._call, self._timer = 0, 0.0, getattr(obj, name), timer
         setattr(obj, name, self)
 
@@ -106,7 +106,7 @@ class Variant:
             raise RuntimeError(f"{args.config_file}: the loss collects no statistics with ENABLED True")
         if not enabled and self.hook is not None:
             raise RuntimeError(f"{args.config_file}: the loss always collects statistics (EQLv2/EFL): no 'off'")
-        self.timer = _StepTimer()
+        self.timer = StepTimer()
         parts = ("after_step", "synchronize", "put_events", "write_json") if self.hook is not None else ()
         self.parts = {name: _Timed(self.hook, name, self.timer) for name in parts}
         self.trainer.register_hooks([self.hook, self.timer])

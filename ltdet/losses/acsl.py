@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import empty_loss, one_hot_like, sigmoid_probs
+from .sigmoid_family import one_hot_like, sigmoid_probs
 
 __all__ = ["ACSLLoss"]
 
@@ -116,19 +116,13 @@ class ACSLLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args: logits Tensor[N, C+1]; labels LongTensor[N] in 0..C. Returns: scalar mean over N."""
         check_labels(labels, self.num_classes)
-        n = logits.shape[0]
-        if n == 0:
-            return empty_loss(logits)
-        z = logits.float()
-        if self.grad_stats is not None:
-            z = self.grad_stats.track(z, labels, normalizer=n)
-        with torch.autocast(z.device.type, enabled=False):
+
+        def summed_loss(z):
             weight = self.weights(z.detach(), labels)
             target = one_hot_like(z, labels)
-            loss = F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="sum") / n
-        if self.grad_stats is not None:
-            loss = self.grad_stats.watch(loss)
-        return loss
+            return F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="sum")
+
+        return tapped_mean_loss(logits, labels, summed_loss, self.grad_stats)
 
     def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Tensor[N, C+1] -> Tensor[N, C+1]: sigmoid scores; with ``objectness`` x (1 - p_bg).

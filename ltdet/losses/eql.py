@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import empty_loss, one_hot_like, sigmoid_probs
+from .sigmoid_family import one_hot_like, sigmoid_probs
 
 __all__ = ["EQLLoss", "threshold_weights"]
 
@@ -156,18 +156,13 @@ class EQLLoss(nn.Module):
         n, c = logits.shape[0], self.num_classes
         if image_label_mask is not None and tuple(image_label_mask.shape) != (n, c):
             raise ValueError(f"image_label_mask must have shape ({n}, {c}), got {tuple(image_label_mask.shape)}")
-        if n == 0:
-            return empty_loss(logits)
-        z = logits.float()
-        if self.grad_stats is not None:
-            z = self.grad_stats.track(z, labels, normalizer=n)
-        with torch.autocast(z.device.type, enabled=False):
+
+        def summed_loss(z):
             weight = self.weights(labels.to(z.device), image_label_mask)
             target = one_hot_like(z, labels)
-            loss = F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="sum") / n
-        if self.grad_stats is not None:
-            loss = self.grad_stats.watch(loss)
-        return loss
+            return F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="sum")
+
+        return tapped_mean_loss(logits, labels, summed_loss, self.grad_stats)
 
     def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Tensor[N, C+1] -> Tensor[N, C+1]: sigmoid scores (x (1 - p_bg) with objectness)."""

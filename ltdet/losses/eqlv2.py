@@ -17,9 +17,9 @@ for background rows, never re-weighted, no statistics.
 import torch
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, empty_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import column_weighted_bce, empty_loss, sigmoid_probs
+from .sigmoid_family import column_weighted_bce, sigmoid_probs
 
 __all__ = ["EQLv2Loss"]
 

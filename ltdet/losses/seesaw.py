@@ -25,9 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import empty_loss
 
 __all__ = ["SeesawLoss", "seesaw_log_weights"]
 
@@ -109,22 +108,16 @@ class SeesawLoss(nn.Module):
         check_labels(labels, self.num_classes)
         if self.training:
             self._accumulate(labels)
-        n, c = logits.shape[0], self.num_classes
-        if n == 0:
-            return empty_loss(logits)
-        z = logits.float()
-        if self.grad_stats is not None:
-            z = self.grad_stats.track(z, labels, normalizer=n)
-        with torch.autocast(z.device.type, enabled=False):
+        c = self.num_classes
+
+        def summed_loss(z):
             fg = labels < c
             obj_loss = F.binary_cross_entropy_with_logits(z[:, c], (~fg).float(), reduction="sum")
             z_fg, y_fg = z[fg, :c], labels[fg]
             log_w = seesaw_log_weights(z_fg, y_fg, self.cum_samples, self.p, self.q)
-            cls_loss = F.cross_entropy(z_fg + log_w, y_fg, reduction="sum")
-            loss = (cls_loss + obj_loss) / n
-        if self.grad_stats is not None:
-            loss = self.grad_stats.watch(loss)
-        return loss
+            return F.cross_entropy(z_fg + log_w, y_fg, reduction="sum") + obj_loss
+
+        return tapped_mean_loss(logits, labels, summed_loss, self.grad_stats)
 
     def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Tensor[N, C+1] -> Tensor[N, C+1]: softmax over C classes x p_obj; last column 1 - p_obj."""

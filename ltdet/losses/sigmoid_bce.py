@@ -5,9 +5,9 @@ Shape shorthand: N proposals, C foreground classes, logits [N, C + 1].
 import torch
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, empty_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import column_weighted_bce, empty_loss, sigmoid_probs
+from .sigmoid_family import column_weighted_bce, sigmoid_probs
 
 __all__ = ["SigmoidBCELoss"]
 

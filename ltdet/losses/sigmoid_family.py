@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .grad_stats import GradientStatistics
 
-__all__ = ["column_weighted_bce", "sigmoid_probs", "empty_loss", "one_hot_like"]
+__all__ = ["column_weighted_bce", "sigmoid_probs", "one_hot_like"]
 
 
 def one_hot_like(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -35,11 +35,6 @@ def one_hot_like(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     target = torch.zeros_like(logits)
     target[torch.arange(labels.numel(), device=logits.device), labels] = 1.0
     return target
-
-
-def empty_loss(logits: torch.Tensor) -> torch.Tensor:
-    """A zero scalar connected to ``logits`` (for N = 0), so backward works."""
-    return logits.float().sum() * 0.0
 
 
 # Elements per chunk of the softplus column sums on CPU: 16 MB temporaries stay

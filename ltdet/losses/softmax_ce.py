@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_labels
+from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
-from .sigmoid_family import empty_loss
 
 __all__ = ["SoftmaxCELoss"]
 
@@ -36,16 +35,9 @@ class SoftmaxCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args: logits Tensor[N, C+1]; labels LongTensor[N] in 0..C. Returns: scalar mean over N."""
         check_labels(labels, self.num_classes)
-        n = logits.shape[0]
-        if n == 0:
-            return empty_loss(logits)
-        z = logits.float()
-        if self.grad_stats is not None:
-            z = self.grad_stats.track(z, labels, normalizer=n)
-        with torch.autocast(z.device.type, enabled=False):
-            loss = F.cross_entropy(z, labels, reduction="sum") / n
-        if self.grad_stats is not None:
-            loss = self.grad_stats.watch(loss)
+        loss = tapped_mean_loss(
+            logits, labels, lambda z: F.cross_entropy(z, labels, reduction="sum"), self.grad_stats
+        )
         return loss
 
     def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
