@@ -13,14 +13,11 @@ import os
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 
-from ltdet import add_ltdet_config
-from ltdet.data.custom import check_num_classes, register_from_config
-from ltdet.engine import build_grad_ratio_hook, resolve_device
+from ltdet.engine import build_config, build_grad_ratio_hook
 from ltdet.engine.defaults import insert_before
 from ltdet.evaluation import build_ltdet_evaluator
 
@@ -48,14 +45,7 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """Create configs and perform basic setups."""
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    resolve_device(cfg)
-    register_from_config(cfg, eval_only=args.eval_only)
-    check_num_classes(cfg)
-    cfg.freeze()
+    cfg = build_config(args.config_file, args.opts, eval_only=args.eval_only)
     default_setup(cfg, args)
     return cfg
 

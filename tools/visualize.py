@@ -19,7 +19,6 @@ import logging
 import os
 
 import numpy as np
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -27,9 +26,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from ltdet import add_ltdet_config
-from ltdet.data.custom import check_num_classes, register_from_config
-from ltdet.engine import resolve_device
+from ltdet.engine import build_config
 
 logger = logging.getLogger("ltdet.visualize")
 
@@ -51,15 +48,7 @@ def parse_args(argv=None):
 
 def setup(args):
     """The frozen config (``train_net.py``'s setup for an evaluation-only run)."""
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    resolve_device(cfg)
-    register_from_config(cfg, eval_only=True)
-    check_num_classes(cfg)
-    cfg.freeze()
-    return cfg
+    return build_config(args.config_file, args.opts, eval_only=True)
 
 
 def draw(record, predictions, metadata, score_thresh, scale=None):

@@ -3,7 +3,7 @@ import logging
 
 import torch
 
-__all__ = ["resolve_device", "insert_before"]
+__all__ = ["build_config", "resolve_device", "insert_before"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,31 @@ def resolve_device(cfg):
         cfg.MODEL.DEVICE = "cpu"
         if was_frozen:
             cfg.freeze()
+    return cfg
+
+
+def build_config(config_file, opts=(), eval_only=False):
+    """The frozen ltdet config of a command line (train_net.py and the tools).
+
+    detectron2's defaults plus ``add_ltdet_config``, then ``config_file`` and
+    the ``KEY VALUE`` overrides ``opts``; the device falls back to the CPU
+    without CUDA, the datasets of ``LTDET.DATASETS.REGISTER`` are registered
+    (only the test splits when ``eval_only``) and NUM_CLASSES is checked
+    against them.
+    """
+    from detectron2.config import get_cfg
+
+    from ltdet.config import add_ltdet_config
+    from ltdet.data.custom import check_num_classes, register_from_config
+
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    resolve_device(cfg)
+    register_from_config(cfg, eval_only=eval_only)
+    check_num_classes(cfg)
+    cfg.freeze()
     return cfg
 
 
