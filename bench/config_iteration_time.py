@@ -21,8 +21,6 @@ Example:
 import ltdet  # noqa: F401  (first: registers ltdet's modules and the detectron2 ops stand-in)
 
 import argparse
-import ctypes
-import gc
 import glob
 import json
 import os
@@ -32,7 +30,6 @@ import sys
 import tempfile
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
@@ -40,8 +37,8 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.env import seed_all_rng
 
 from hook_overhead import StepTimer
-from ltdet import add_ltdet_config
-from ltdet.engine import build_grad_ratio_hook, resolve_device
+from ltdet.engine import build_config, build_grad_ratio_hook
+from rss_peak import peak_rss_kib, reset_peak_rss, trim_heap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = {"faster_rcnn": "faster_rcnn_softmax", "mask_rcnn": "faster_rcnn_softmax", "atss": "atss_focal"}
@@ -58,43 +55,26 @@ def baseline_of(name):
     return None
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _memory_mark(device):
     """Reset the peak counter; return the current level (bytes)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    return _status_kib("VmRSS") * 1024
+    trim_heap()
+    return reset_peak_rss() * 1024
 
 
 def _memory_peak(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
-    return _status_kib("VmHWM") * 1024
+    return peak_rss_kib() * 1024
 
 
 def child(args):
     """Train ``args.child`` for warmup + iters iterations; print {"times": [...], "peak_mib": x}."""
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(args.child)
-    cfg.merge_from_list(args.opts)
-    cfg.OUTPUT_DIR = tempfile.mkdtemp(prefix="ltdet_bench_")
-    resolve_device(cfg)
-    cfg.freeze()
+    cfg = build_config(args.child, [*args.opts, "OUTPUT_DIR", tempfile.mkdtemp(prefix="ltdet_bench_")])
     seed_all_rng(cfg.SEED)
     model = build_model(cfg)
     model.train()

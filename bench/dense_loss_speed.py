@@ -20,8 +20,6 @@ the [M, C] ``logits.grad``.
     python bench/dense_loss_speed.py [--m 20000] [--c 1203] [--repeats 7]
 """
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
@@ -34,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from rss_peak import peak_rss_kib, reset_peak_rss, trim_heap
 from ltdet.losses import EFLLoss, EQFLLoss, EQLv2FocalLoss, FocalLoss
 
 LOSSES = {"focal": FocalLoss, "efl": EFLLoss, "eqfl": EQFLLoss, "eqlv2_focal": EQLv2FocalLoss}
@@ -85,25 +84,14 @@ def time_all(args) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(args) -> None:
     """Print the peak extra RSS (MiB) of one forward + backward of ``args.memory_child``."""
     step = make_step(args.memory_child, args.c, *make_inputs(args.m, args.c, args.fg))
     step()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
+    trim_heap()
+    base = reset_peak_rss()
     step()
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - base) / 1024.0}))
+    print(json.dumps({"peak_mib": (peak_rss_kib() - base) / 1024.0}))
 
 
 def measure_memory(args) -> dict:

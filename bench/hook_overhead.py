@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.modeling import build_model
@@ -31,8 +30,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from ltdet import add_ltdet_config
-from ltdet.engine import build_grad_ratio_hook, resolve_device
+from ltdet.engine import build_config, build_grad_ratio_hook
 
 BUDGET_PERCENT = 3.0
 
@@ -75,17 +73,10 @@ class _Timed:
 
 
 def build_cfg(args, enabled: bool, output_dir: str):
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.LTDET.GRAD_STATS.ENABLED = enabled
+    opts = [*args.opts, "LTDET.GRAD_STATS.ENABLED", str(enabled), "OUTPUT_DIR", output_dir]
     if args.period is not None:
-        cfg.LTDET.GRAD_STATS.PERIOD = args.period
-    cfg.OUTPUT_DIR = output_dir
-    resolve_device(cfg)
-    cfg.freeze()
-    return cfg
+        opts += ["LTDET.GRAD_STATS.PERIOD", str(args.period)]
+    return build_config(args.config_file, opts)
 
 
 class Variant:

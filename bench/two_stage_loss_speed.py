@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation noise from imports
 
+from rss_peak import peak_rss_kib, reset_peak_rss  # noqa: E402
 from ltdet.losses import ACSLLoss, EQLLoss, EQLv2Loss, SeesawLoss, SigmoidBCELoss, SoftmaxCELoss  # noqa: E402
 
 NUM_IMAGES = 100_000
@@ -75,25 +76,15 @@ def peak_memory_mb(name: str, args) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def run_only(args) -> None:
     """Child mode of ``peak_memory_mb``: print the peak RSS growth in MB (Linux)."""
     logits, labels, image_freq, groups = make_inputs(args.n, args.classes)
     fn = build_losses(args.classes, labels, image_freq, groups)[args.only]
     z = logits.requires_grad_()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status_kb("VmRSS")
+    before = reset_peak_rss()
     for _ in range(3):
         step(fn, z)
-    print((_status_kb("VmHWM") - before) / 1024.0)
+    print((peak_rss_kib() - before) / 1024.0)
 
 
 def main() -> None:

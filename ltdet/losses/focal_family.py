@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import check_labels
+from .common import check_labels, empty_loss
 from .grad_stats import GradientStatistics
 
 __all__ = ["focal_family_loss", "focal_terms", "check_logits"]
@@ -184,7 +184,7 @@ def focal_family_loss(
         )
     check_labels(labels, num_classes)
     if logits.shape[0] == 0:
-        return logits.float().sum() * 0.0
+        return empty_loss(logits)
     cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     gamma, neg_weight, pos_weight = (
         _prepare(value, logits.device, cdtype) for value in (gamma, neg_weight, pos_weight)
