@@ -21,7 +21,6 @@ from ltdet.modeling.dense_heads import (
     ATSSAssigner,
     CenterSamplingAssigner,
     LongTailATSS,
-    add_dense_config,
     centerness_targets,
 )
 
@@ -45,8 +44,6 @@ def _one_thread():
 def _cfg(path=SYNTHETIC, opts=()):
     cfg = get_cfg()
     add_ltdet_config(cfg)
-    if "LTDET_DENSE" not in cfg.MODEL:
-        add_dense_config(cfg)
     cfg.merge_from_file(path)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"

@@ -3,6 +3,7 @@ import ltdet  # noqa: F401  (registers the ops stand-in before detectron2.layers
 
 import importlib.util
 import json
+import math
 import os
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from ltdet import add_ltdet_config
-from ltdet.engine import GradientRatioHook, build_grad_ratio_hook
+from ltdet.engine import GradientRatioHook, LongTailCheckpointer, build_grad_ratio_hook, write_grad_stats
 from ltdet.engine.grad_ratio_hook import _tags
 from ltdet.engine.grad_ratio_plot import class_order, gaussian_smooth
 from ltdet.losses import SigmoidBCELoss
@@ -79,19 +80,28 @@ def new_model():
     return TinyClassifier()
 
 
-def make_hook(model, out_dir=None, **kwargs):
+def make_hook(model, **kwargs):
     kwargs.setdefault("period", 5)
-    return GradientRatioHook(model, output_dir=out_dir, category_stats=CATEGORY_STATS, **kwargs)
+    return GradientRatioHook(model, category_stats=CATEGORY_STATS, **kwargs)
+
+
+def checkpointer_writing_json(model, hook, out, **checkpointables):
+    """A checkpointer that writes grad_stats.json after each save, as LongTailTrainer wires it."""
+    checkpointer = LongTailCheckpointer(model, out, **checkpointables)
+    checkpointer.add_save_callback(lambda path, extra: write_grad_stats(out, hook.to_dict(extra["iteration"])))
+    return checkpointer
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """20 iterations with the hook and a TensorBoard writer: (output dir, model)."""
+    """20 iterations with the hook, checkpoints every 10 and a TensorBoard writer: (output dir, model)."""
     out = str(tmp_path_factory.mktemp("run"))
     model = new_model()
-    trainer, _ = make_trainer(model)
+    trainer, optimizer = make_trainer(model)
     writer = TensorboardXWriter(out)
-    trainer.register_hooks([make_hook(model, out, checkpoint_period=10), hooks.PeriodicWriter([writer], period=5)])
+    hook = make_hook(model)
+    checkpointer = checkpointer_writing_json(model, hook, out, optimizer=optimizer)
+    trainer.register_hooks([hook, hooks.PeriodicCheckpointer(checkpointer, 10), hooks.PeriodicWriter([writer], period=5)])
     trainer.train(0, 20)
     writer.close()
     return out, model
@@ -117,11 +127,13 @@ def test_events_in_tensorboard(short_run):
     assert acc.Scalars("grad_neg/frequent")[-1].value == pytest.approx(stats.neg_grad[:2].mean().item(), rel=1e-6)
 
 
-def test_json_written_at_end(short_run):
+def test_json_written_with_the_last_checkpoint(short_run):
     out, model = short_run
     with open(os.path.join(out, "grad_stats.json")) as f:
         data = json.load(f)
     assert data["iteration"] == 19
+    saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    assert data["stats"]["cls_loss.grad_stats"]["pos"] == saved["cls_loss.grad_stats.pos_grad"].tolist()
     assert data["groups"] == CATEGORY_STATS["groups"]
     assert data["class_names"] == CATEGORY_STATS["class_names"]
     assert data["image_count"] == CATEGORY_STATS["image_count"]
@@ -175,8 +187,11 @@ def _distributed_worker(rank, world_size, init_file, out_dir):
     ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     # lr = 0 keeps the weights equal to a single process on the whole batches
     trainer, _ = make_trainer(ddp, lr=0.0, part=rank, parts=world_size)
-    trainer.register_hooks([make_hook(ddp, out_dir if rank == 0 else None, period=2)])
+    hook = make_hook(ddp, period=2)
+    trainer.register_hooks([hook])
     trainer.train(0, 3)
+    if rank == 0:
+        write_grad_stats(out_dir, hook.to_dict(2))
     stats = model.cls_loss.grad_stats
     torch.save({"pos": stats.pos_grad, "neg": stats.neg_grad}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -248,6 +263,41 @@ def test_helpers():
     names = ["roi_heads.box_predictor.0.cls_loss.grad_stats", "roi_heads.box_predictor.1.cls_loss.grad_stats"]
     assert _tags(names) == ["roi_heads.box_predictor.0", "roi_heads.box_predictor.1"]
     assert _tags(["a.loss_fn.grad_stats", "b.loss_fn.grad_stats"]) == ["a", "b"]
+
+
+def test_non_finite_statistics_never_stop_training(caplog):
+    """inf / NaN / float32-overflowing ratios are left out with one warning (torch.histc raised on them)."""
+    model = new_model()
+    trainer, _ = make_trainer(model)
+    hook = make_hook(model, period=1)
+    stats = model.cls_loss.grad_stats
+    # class 2: a finite float64 ratio (1e39) that is inf as float32
+    stats.pos_grad.copy_(torch.tensor([1.0, float("inf"), 1e39, 2.0, 0.0, float("nan")], dtype=torch.float64))
+    stats.neg_grad.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    trainer.register_hooks([hook])
+    with caplog.at_level("WARNING", logger="ltdet.engine.grad_ratio_hook"):
+        trainer.train(0, 3)
+        storage_hist = trainer.storage._histograms
+    warnings = [r for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1, "warned once, not at every period"
+    assert storage_hist, "the histogram of the finite classes is still published"
+    assert math.isfinite(trainer.storage.history("grad_ratio/all").latest())
+
+
+def test_publishing_errors_are_logged_once_and_training_continues(caplog):
+    model = new_model()
+    trainer, _ = make_trainer(model)
+    hook = make_hook(model, period=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer exploded")
+
+    hook.put_events = broken
+    trainer.register_hooks([hook])
+    with caplog.at_level("WARNING", logger="ltdet.engine.grad_ratio_hook"):
+        trainer.train(0, 4)
+    assert len(trainer.storage.history("total_loss").values()) == 4
+    assert sum("renderer exploded" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_build_returns_none_without_statistics():

@@ -21,7 +21,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ltdet import add_ltdet_config
-from ltdet.losses import ACSLLoss, EQLLoss, EQLv2Loss, SeesawLoss, SigmoidBCELoss, SoftmaxCELoss
+from ltdet.losses import LOSS_REGISTRY, ACSLLoss, EQLLoss, EQLv2Loss, SeesawLoss, SigmoidBCELoss, SoftmaxCELoss
+from ltdet.losses.build import loss_class
 from ltdet.modeling.roi_heads import (
     ImageLabelRCNN,
     LongTailCascadeROIHeads,
@@ -32,7 +33,7 @@ from ltdet.modeling.roi_heads import (
 from ltdet.modeling.roi_heads.image_labels import with_image_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOSSES = ("softmax", "sigmoid", "eql", "eqlv2", "acsl", "seesaw")
+LOSSES = LOSS_REGISTRY.names("two_stage")
 C = 5
 # Training image counts of the C classes of the in-memory dataset: 2 rare, 2 common, 1 frequent.
 IMAGE_COUNTS = (2, 8, 15, 40, 150)
@@ -82,6 +83,8 @@ def base_cfg(loss="softmax", num_classes=C):
     cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
     cfg.DATASETS.TRAIN = (TINY,)
     cfg.LTDET.CLS_LOSS.NAME = loss
+    if loss == "eql":  # EQL takes LVIS image-level labels, which ImageLabelRCNN provides
+        cfg.MODEL.META_ARCHITECTURE = "ImageLabelRCNN"
     return cfg
 
 
@@ -135,7 +138,7 @@ def test_predictor_from_config_holds_loss_as_submodule(loss):
                 "eqlv2": EQLv2Loss, "acsl": ACSLLoss, "seesaw": SeesawLoss}[loss]
     assert type(box_predictor.cls_loss) is expected
     assert box_predictor(torch.randn(3, 8))[0].shape == (3, C + 1)
-    assert box_predictor.use_image_labels == (loss == "eql")
+    assert ("image_label_mask" in box_predictor.cls_loss.extra_inputs) == (loss == "eql")
     state = box_predictor.state_dict()
     if loss == "eqlv2":
         assert "cls_loss.grad_stats.pos_grad" in state and "cls_loss.grad_stats.neg_grad" in state
@@ -155,7 +158,7 @@ def test_priors_come_from_the_training_set():
 def test_eql_logs_tail_ratio(caplog):
     cfg = base_cfg("eql")
     cfg.LTDET.EQL.LAMBDA = 0.05
-    with caplog.at_level("INFO", logger="ltdet.modeling.roi_heads.fast_rcnn"):
+    with caplog.at_level("INFO", logger="ltdet.losses.eql"):
         loss = build_roi_classification_loss(cfg, C)
     expected = (2 + 8) / sum(IMAGE_COUNTS)  # image-weighted share of the classes with f < λ
     assert math.isclose(loss.tail_ratio(), expected, rel_tol=1e-6)
@@ -270,6 +273,8 @@ def test_roi_heads_forward_backward_and_inference(loss):
     assert isinstance(roi_heads, LongTailROIHeads)
     assert isinstance(roi_heads.box_predictor, LongTailFastRCNNOutputLayers)
     features, proposals, targets = _random_inputs()
+    if "image_label_mask" in roi_heads.box_predictor.cls_loss.extra_inputs:  # as ImageLabelRCNN does
+        targets = [with_image_labels({"instances": t}, C)["instances"] for t in targets]
     with EventStorage():
         _, losses = roi_heads(None, features, proposals, targets)
     assert set(losses) == {"loss_cls", "loss_box_reg"}
@@ -392,7 +397,8 @@ def test_eqlv2_ablation_switches(path):
     parts = os.path.splitext(os.path.basename(path))[0].split("_")
     loss = build_roi_classification_loss(cfg, 1203)
     assert isinstance(loss, EQLv2Loss)
-    assert (loss.objectness, loss.neg_reweight, loss.pos_reweight) == ("obj" in parts, "neg" in parts, "pos" in parts)
+    assert (loss.objectness, loss.weights.neg_reweight, loss.weights.pos_reweight) == (
+        "obj" in parts, "neg" in parts, "pos" in parts)
     assert cfg.MODEL.MASK_ON and cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler"
 
 
@@ -402,8 +408,7 @@ def test_lvis_config_builds_on_cpu(path, monkeypatch):
 
     cfg = load_config(path)
     cfg.MODEL.DEVICE = "cpu"
-    name = cfg.LTDET.CLS_LOSS.NAME
-    if name in ("eql", "acsl"):
+    if loss_class(cfg).priors:
         try:
             category_stats.get_category_stats(cfg.DATASETS.TRAIN[0])
         except Exception:
@@ -526,9 +531,9 @@ def test_image_label_rcnn_hands_dataset_labels_to_the_loss(synthetic_split, tmp_
     calls, seen = _record_loss_kwargs(model.roi_heads), {}
     classification_loss = box_predictor.classification_loss
 
-    def spy(scores, proposals):
+    def spy(scores, gt_classes, proposals):
         seen["proposals"] = proposals
-        return classification_loss(scores, proposals)
+        return classification_loss(scores, gt_classes, proposals)
 
     box_predictor.classification_loss = spy
     loader = iter(build_detection_train_loader(cfg))

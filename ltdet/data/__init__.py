@@ -7,10 +7,12 @@ Importing this package registers ``synthetic_lt_train`` / ``synthetic_lt_val``
 from . import datasets  # noqa: F401  (registers the synthetic dataset's names)
 from .category_stats import (
     CategoryStats,
+    CategoryStatsError,
     assign_groups,
     clear_category_stats_cache,
     get_category_stats,
     group_names,
+    train_category_stats,
 )
 from .datasets import (
     SYNTHETIC_SPLITS,
@@ -22,6 +24,7 @@ from .datasets import (
 
 __all__ = [
     "CategoryStats",
+    "CategoryStatsError",
     "SYNTHETIC_SPLITS",
     "assign_groups",
     "clear_category_stats_cache",
@@ -31,4 +34,5 @@ __all__ = [
     "read_lvis_categories",
     "register_lvis_format_dataset",
     "register_synthetic",
+    "train_category_stats",
 ]

@@ -10,7 +10,11 @@ group APs) all come from ``get_category_stats`` (shape shorthand: C classes):
   (crowd annotations excluded).
 
 Call it on the training dataset: ``image_freq`` divides by that dataset's
-number of images.
+number of images; ``train_category_stats(cfg)`` does for a config. One error
+policy: any failure to read the statistics raises ``CategoryStatsError``
+naming the dataset; code that can do without them (the gradient-ratio hook's
+class metadata, the evaluators' group APs) catches exactly that error and
+logs it, code that needs them (EQL's f_j, ACSL's groups) lets it propagate.
 """
 from dataclasses import dataclass
 from typing import Tuple
@@ -21,8 +25,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .datasets import read_lvis_categories
 
-__all__ = ["CategoryStats", "assign_groups", "clear_category_stats_cache",
-           "get_category_stats", "group_names"]
+__all__ = ["CategoryStats", "CategoryStatsError", "assign_groups", "clear_category_stats_cache",
+           "get_category_stats", "group_names", "train_category_stats"]
 
 #: Names of the frequency groups, indexed by the values of ``CategoryStats.groups``.
 group_names = ("rare", "common", "frequent")
@@ -55,6 +59,14 @@ class CategoryStats:
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    def priors(self):
+        """The class priors a loss may declare (``ClassificationLoss.priors``)."""
+        return {"image_freq": self.image_freq, "class_groups": self.groups}
+
+
+class CategoryStatsError(RuntimeError):
+    """The per-class statistics of a dataset cannot be read (the message says why and how to fix it)."""
 
 
 def assign_groups(image_count, rare_max=10, common_max=100):
@@ -124,10 +136,24 @@ def get_category_stats(dataset_name, rare_max=10, common_max=100):
 
     Returns:
         CategoryStats: fresh tensors (callers may modify them).
+
+    Raises:
+        CategoryStatsError: the dataset is not registered, its files cannot be
+            read or its annotations are invalid.
     """
     if dataset_name not in _CACHE:
-        meta = MetadataCatalog.get(dataset_name)
-        counts = _counts_from_json(meta) or _counts_from_dicts(dataset_name, meta)
+        if dataset_name not in DatasetCatalog.list():
+            raise CategoryStatsError(
+                f"dataset {dataset_name!r} is not registered (see datasets/README.md)"
+            )
+        try:
+            meta = MetadataCatalog.get(dataset_name)
+            counts = _counts_from_json(meta) or _counts_from_dicts(dataset_name, meta)
+        except Exception as e:
+            raise CategoryStatsError(
+                f"the per-class image counts of dataset {dataset_name!r} could not be read: "
+                f"{type(e).__name__}: {e}. Set the dataset up as in datasets/README.md."
+            ) from e
         thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
         if thing_classes is not None and len(thing_classes) == len(counts[0]):
             counts = counts[:3] + (list(thing_classes),) + counts[4:]
@@ -143,6 +169,27 @@ def get_category_stats(dataset_name, rare_max=10, common_max=100):
         class_names=tuple(names),
         source=source,
     )
+
+
+def train_category_stats(cfg, purpose=""):
+    """``get_category_stats`` of ``cfg.DATASETS.TRAIN[0]`` with the groups of ``cfg.LTDET.DATA``.
+
+    Args:
+        cfg: a config with ltdet's keys.
+        purpose (str): what needs the statistics, e.g. "loss 'eql'", for the error message.
+
+    Raises:
+        CategoryStatsError: naming the dataset (and ``purpose``).
+    """
+    needed = f" ({purpose} needs them)" if purpose else ""
+    if not cfg.DATASETS.TRAIN:
+        raise CategoryStatsError(f"DATASETS.TRAIN is empty: no training-set class statistics{needed}")
+    try:
+        return get_category_stats(
+            cfg.DATASETS.TRAIN[0], cfg.LTDET.DATA.RARE_MAX_IMAGES, cfg.LTDET.DATA.COMMON_MAX_IMAGES
+        )
+    except CategoryStatsError as e:
+        raise CategoryStatsError(f"{e} [DATASETS.TRAIN[0]{needed}]") from e.__cause__
 
 
 def clear_category_stats_cache():

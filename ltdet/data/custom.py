@@ -4,7 +4,7 @@
 entries; ``register_from_config(cfg)`` registers them before the trainer runs:
 
 - ``"coco"``: any COCO-format json (category ids may be arbitrary) through
-  detectron2's ``register_coco_instances``; evaluated with ``COCOEvaluator``
+  detectron2's ``load_coco_json``; evaluated with ``COCOEvaluator``
   (plus APr/APc/APf and AP1..AP5 from the training split's image counts).
 - ``"lvis"``: an LVIS-format json with category ids 1..C through
   ``register_lvis_format_dataset``; evaluated with the ``lvis`` API, so a test
@@ -34,10 +34,10 @@ import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 
 from .category_stats import clear_category_stats_cache
-from .datasets import SYNTHETIC_SPLITS, read_lvis_categories, register_lvis_format_dataset
+from .datasets import SYNTHETIC_SPLITS, drop_invalid_boxes, read_lvis_categories, register_lvis_format_dataset
 
 __all__ = [
     "FORMATS",
@@ -89,11 +89,19 @@ def register_dataset(name, fmt, json_file, image_root):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     if fmt == "coco":
-        register_coco_instances(name, {}, json_file, image_root)
+        # as detectron2's register_coco_instances, with invalid boxes dropped (logged)
+        DatasetCatalog.register(
+            name, functools.partial(_load_coco_format_json, json_file, image_root, name)
+        )
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
     else:
         register_lvis_format_dataset(name, json_file, image_root)
     MetadataCatalog.get(name).set(ltdet_format=fmt)
     clear_category_stats_cache()
+
+
+def _load_coco_format_json(json_file, image_root, name):
+    return drop_invalid_boxes(load_coco_json(json_file, image_root, name), json_file)
 
 
 def _parse_entry(entry):

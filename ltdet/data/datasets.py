@@ -18,6 +18,7 @@ Importing ``ltdet.data`` registers ``synthetic_lt_train`` and
 """
 import functools
 import json
+import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -25,6 +26,8 @@ from detectron2.data.datasets.lvis import load_lvis_json
 
 __all__ = [
     "SYNTHETIC_SPLITS",
+    "drop_invalid_boxes",
+    "invalid_box_annotations",
     "load_lvis_format_json",
     "read_lvis_categories",
     "register_lvis_format_dataset",
@@ -62,6 +65,55 @@ def read_lvis_categories(json_file):
     return _read_categories(path, stat.st_mtime_ns, stat.st_size)
 
 
+def invalid_box_annotations(annotations):
+    """Annotations whose ``[x, y, w, h]`` box has w <= 0 or h <= 0 (or is not finite).
+
+    Args:
+        annotations (iterable[dict]): COCO/LVIS annotations or detectron2
+            dataset-dict annotations in ``BoxMode.XYWH_ABS``.
+    Returns:
+        list[dict]: the invalid ones.
+    """
+    bad = []
+    for a in annotations:
+        box = a.get("bbox")
+        if box is None:
+            continue
+        w, h = float(box[2]), float(box[3])
+        if not (w > 0 and h > 0 and all(abs(float(v)) < float("inf") for v in box)):
+            bad.append(a)
+    return bad
+
+
+def drop_invalid_boxes(dataset_dicts, json_file):
+    """Remove annotations with a non-positive width or height from loaded dataset dicts (logged).
+
+    detectron2 expects ``[x, y, w, h]`` with w, h > 0; a negative size would be
+    mirrored into a valid-looking box by the augmentations. Images keep their
+    other annotations.
+
+    Args:
+        dataset_dicts (list[dict]): detectron2 records (modified in place).
+        json_file (str): their json, named in the warning.
+    Returns:
+        list[dict]: ``dataset_dicts``.
+    """
+    dropped = []
+    for record in dataset_dicts:
+        annotations = record.get("annotations", [])
+        bad = invalid_box_annotations(annotations)
+        if bad:
+            ids = {id(a) for a in bad}
+            record["annotations"] = [a for a in annotations if id(a) not in ids]
+            dropped.extend((record.get("image_id"), a["bbox"]) for a in bad)
+    if dropped:
+        logging.getLogger(__name__).warning(
+            f"{json_file}: dropped {len(dropped)} annotations whose box [x, y, w, h] has w <= 0 or h <= 0 "
+            f"(first: image {dropped[0][0]}, bbox {dropped[0][1]})"
+        )
+    return dataset_dicts
+
+
 def _check_contiguous(categories, json_file):
     ids = [c["id"] for c in categories]
     if ids != list(range(1, len(ids) + 1)):
@@ -89,7 +141,7 @@ def load_lvis_format_json(json_file, image_root, dataset_name=None):
     """
     categories, _ = read_lvis_categories(json_file)
     _check_contiguous(categories, json_file)
-    dicts = load_lvis_json(json_file, os.path.join(image_root, ""), None)
+    dicts = drop_invalid_boxes(load_lvis_json(json_file, os.path.join(image_root, ""), None), json_file)
     for record in dicts:
         for key in _IMAGE_LEVEL_KEYS:
             record[key] = [k - 1 for k in record[key]]

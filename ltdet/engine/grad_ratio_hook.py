@@ -5,14 +5,16 @@ loss, see ``ltdet/losses/grad_stats.py``) is synchronised after every step, so
 all ranks hold identical totals and a checkpoint written in the same step
 contains them exactly. Periodically the main process puts group summaries, a
 histogram and an image of the per-class curves into detectron2's EventStorage
-(TensorBoard shows them), and writes ``grad_stats.json`` for
-``tools/plot_grad_ratio.py``.
+(TensorBoard shows them). ``to_dict`` is the payload of ``grad_stats.json``
+(``grad_stats_file.py``), which the trainer writes after each checkpoint.
+
+Publishing is best effort: non-finite per-class values (a diverging loss) are
+left out of the group means and the histogram with one warning, and any other
+error while publishing is logged once; training goes on either way.
 
 Shape shorthand: C foreground classes.
 """
-import json
 import logging
-import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -22,16 +24,17 @@ from torch import nn
 import detectron2.utils.comm as comm
 from detectron2.engine.train_loop import HookBase
 
-from ltdet.data.category_stats import get_category_stats
+from ltdet.data.category_stats import CategoryStatsError, train_category_stats
 from ltdet.losses.grad_stats import GradientStatistics
 
-from .grad_ratio_plot import GRAD_STATS_FORMAT, GROUP_NAMES, GradRatioFigure, class_order, grad_ratio
+from .grad_ratio_plot import GROUP_NAMES, GradRatioFigure, class_order, grad_ratio
+from .grad_stats_file import GRAD_STATS_FORMAT
 
-__all__ = ["GradientRatioHook", "build_grad_ratio_hook", "find_grad_stats", "GRAD_STATS_FILE"]
+__all__ = ["GradientRatioHook", "build_grad_ratio_hook", "find_grad_stats"]
 
 logger = logging.getLogger(__name__)
 
-GRAD_STATS_FILE = "grad_stats.json"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _CATEGORY_FIELDS = ("class_names", "image_count", "instance_count", "groups", "num_images", "group_names")
 
 
@@ -91,14 +94,12 @@ class GradientRatioHook(HookBase):
         model: the trained model (possibly DDP-wrapped).
         period: iterations between two EventStorage writes (also at the last
             iteration); <= 0 for the last iteration only.
-        checkpoint_period: iterations between two ``grad_stats.json`` writes
-            (also at the last iteration); <= 0 for the last iteration only.
-        output_dir: directory of ``grad_stats.json``; None to write none.
         category_stats: training-set class metadata (``class_names``,
             ``image_count``, ``instance_count``, ``groups`` 0 rare / 1 common /
             2 frequent, ``num_images``), as a mapping, an object, or a
             zero-argument callable returning one (called once, lazily, on the
-            main process). None: classes unsorted and no groups.
+            main process; a ``CategoryStatsError`` it raises is logged). None:
+            classes unsorted and no groups.
         reset_on_load: reset the statistics before training when the run
             starts at iteration 0 (a new run from ``MODEL.WEIGHTS``); a resumed
             run never resets.
@@ -111,8 +112,6 @@ class GradientRatioHook(HookBase):
         model: nn.Module,
         *,
         period: int = 20,
-        checkpoint_period: int = 0,
-        output_dir: Optional[str] = None,
         category_stats: Union[None, Any, Callable[[], Any]] = None,
         reset_on_load: bool = False,
         render_images: bool = True,
@@ -128,8 +127,6 @@ class GradientRatioHook(HookBase):
             for (name, stats), tag in zip(found, _tags(names))
         ]
         self._period = int(period)
-        self._checkpoint_period = int(checkpoint_period)
-        self._output_dir = output_dir
         self._category_source = category_stats
         self._category: Optional[Dict[str, Any]] = None
         self._category_loaded = False
@@ -138,6 +135,7 @@ class GradientRatioHook(HookBase):
         self._render_images = bool(render_images)
         self._extra_info = dict(extra_info or {})
         self._figures: Dict[str, GradRatioFigure] = {}
+        self._warned = set()
 
     # ------------------------------------------------------------ training
     def synchronize(self):
@@ -162,11 +160,16 @@ class GradientRatioHook(HookBase):
         it = self.trainer.iter
         last = it + 1 >= self.trainer.max_iter
         if last or (self._period > 0 and (it + 1) % self._period == 0):
-            self.put_events(self.trainer.storage, it)
-        if self._output_dir and (
-            last or (self._checkpoint_period > 0 and (it + 1) % self._checkpoint_period == 0)
-        ):
-            self.write_json(os.path.join(self._output_dir, GRAD_STATS_FILE), it)
+            try:
+                self.put_events(self.trainer.storage, it)
+            except Exception as e:  # publishing statistics must never stop a training
+                self._warn_once("publish", f"Gradient statistics not published at iteration {it + 1} "
+                                f"({type(e).__name__}: {e}); training continues", exc_info=True)
+
+    def _warn_once(self, key: str, message: str, exc_info: bool = False):
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, exc_info=exc_info)
 
     # ------------------------------------------------------------ metadata
     def _category_info(self) -> Optional[Dict[str, Any]]:
@@ -175,9 +178,10 @@ class GradientRatioHook(HookBase):
             source = self._category_source
             try:
                 info = source() if callable(source) else source
-                self._category = _category_dict(info) if info is not None else None
-            except Exception as e:  # metadata is a nicety: never stop training for it
-                logger.warning("No class metadata for the gradient statistics (%s: %s)", type(e).__name__, e)
+            except CategoryStatsError as e:  # metadata is a nicety: never stop training for it
+                logger.warning("No class metadata for the gradient statistics: %s", e)
+                info = None
+            self._category = _category_dict(info) if info is not None else None
         return self._category
 
     def _classes_for(self, num_classes: int) -> Dict[str, Any]:
@@ -211,7 +215,18 @@ class GradientRatioHook(HookBase):
             info = self._classes_for(stats.num_classes)
             pos, neg = self._numpy(stats)
             ratio = grad_ratio(pos, neg)
-            seen = np.isfinite(ratio)
+            finite = np.isfinite(pos) & np.isfinite(neg)
+            # TensorBoard stores float32: a ratio beyond its range would become inf there
+            seen = finite & np.isfinite(ratio) & (np.abs(ratio) <= _FLOAT32_MAX)
+            bad = ~finite | ((neg > 0) & ~seen)
+            if bad.any():
+                self._warn_once(
+                    f"nonfinite:{name}",
+                    f"{name}: {int(bad.sum())} classes with non-finite (or float32-overflowing) gradient "
+                    f"statistics at iteration {iteration + 1} (a diverging loss?); they are left out "
+                    "of the published values",
+                )
+                pos, neg = np.where(finite, pos, np.nan), np.where(finite, neg, np.nan)
             sub = f"/{tag}" if tag else ""
             groups = np.asarray(info["groups"])
             members = [(g, groups == i) for i, g in enumerate(info["group_names"])]
@@ -219,8 +234,8 @@ class GradientRatioHook(HookBase):
                 if not (mask & seen).any():
                     continue
                 storage.put_scalar(f"grad_ratio{sub}/{group}", ratio[mask & seen].mean(), smoothing_hint=False)
-                storage.put_scalar(f"grad_pos{sub}/{group}", pos[mask].mean(), smoothing_hint=False)
-                storage.put_scalar(f"grad_neg{sub}/{group}", neg[mask].mean(), smoothing_hint=False)
+                storage.put_scalar(f"grad_pos{sub}/{group}", np.nanmean(pos[mask]), smoothing_hint=False)
+                storage.put_scalar(f"grad_neg{sub}/{group}", np.nanmean(neg[mask]), smoothing_hint=False)
             if seen.any():
                 hist = torch.from_numpy(ratio[seen]).float()
                 storage.put_histogram(f"grad_ratio_hist{sub}", hist, bins=min(64, max(int(seen.sum()), 2)))
@@ -241,7 +256,7 @@ class GradientRatioHook(HookBase):
         return self._figures[name]
 
     def to_dict(self, iteration: int) -> Dict[str, Any]:
-        """The JSON payload: run info, class metadata and per-module statistics."""
+        """The ``grad_stats.json`` payload: run info, class metadata and per-module statistics."""
         data: Dict[str, Any] = {"format": GRAD_STATS_FORMAT, "iteration": int(iteration)}
         data.update(self._extra_info)
         first = self._classes_for(self._entries[0][3].num_classes)
@@ -259,36 +274,20 @@ class GradientRatioHook(HookBase):
             }
         return data
 
-    def write_json(self, path: str, iteration: int):
-        """Atomically write ``to_dict(iteration)`` to ``path``."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(iteration), f)
-        os.replace(tmp, path)
-
 
 def build_grad_ratio_hook(cfg, model: nn.Module) -> Optional[GradientRatioHook]:
     """The hook for a training config, or None when no loss of ``model`` collects statistics.
 
-    Class metadata comes from ``ltdet.data.category_stats.get_category_stats``
-    on ``cfg.DATASETS.TRAIN[0]`` with the LVIS-style group bounds of
-    ``cfg.LTDET.DATA``.
+    Class metadata comes from ``train_category_stats(cfg)`` (the training set,
+    LVIS-style groups of ``cfg.LTDET.DATA``).
     """
     if not find_grad_stats(model):
         return None
     dataset = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
-    rare_max, common_max = cfg.LTDET.DATA.RARE_MAX_IMAGES, cfg.LTDET.DATA.COMMON_MAX_IMAGES
-
-    def load_category_stats():
-        return get_category_stats(dataset, rare_max, common_max) if dataset else None
-
     return GradientRatioHook(
         model,
         period=cfg.LTDET.GRAD_STATS.PERIOD,
-        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
-        output_dir=cfg.OUTPUT_DIR,
-        category_stats=load_category_stats,
+        category_stats=lambda: train_category_stats(cfg, purpose="the gradient-ratio plots"),
         reset_on_load=cfg.LTDET.GRAD_STATS.RESET_ON_LOAD,
         extra_info={"dataset": dataset, "cls_loss": cfg.LTDET.CLS_LOSS.NAME},
     )

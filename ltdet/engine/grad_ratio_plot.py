@@ -11,7 +11,6 @@ order, ``GradRatioFigure`` applies the display order itself.
 Only matplotlib's object-oriented API with the Agg canvas is used (never
 ``pyplot``), so importing this module does not touch the global backend.
 """
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -21,19 +20,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .grad_stats_file import load_grad_stats
+
 __all__ = [
     "GROUP_NAMES",
-    "GRAD_STATS_FORMAT",
     "class_order",
     "gaussian_smooth",
     "grad_ratio",
-    "load_grad_stats",
     "GradRatioFigure",
     "plot_runs",
 ]
 
 GROUP_NAMES = ("rare", "common", "frequent")
-GRAD_STATS_FORMAT = "ltdet.grad_stats/1"
 _GROUP_COLORS = ("#d62728", "#ff7f0e", "#2ca02c")
 _RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -299,22 +297,6 @@ def _nice_ceil(value: float) -> float:
         if step * 10.0 ** exponent >= value:
             return float(step * 10.0 ** exponent)
     return float(10.0 ** (exponent + 1))
-
-
-def load_grad_stats(path: str) -> dict:
-    """Read a ``grad_stats.json`` written by ``GradientRatioHook``.
-
-    Args:
-        path: the JSON file, or a run directory containing ``grad_stats.json``.
-    """
-    if os.path.isdir(path):
-        path = os.path.join(path, "grad_stats.json")
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("format") != GRAD_STATS_FORMAT or not data.get("stats"):
-        raise ValueError(f"{path} is not a {GRAD_STATS_FORMAT} file with statistics")
-    data["path"] = path
-    return data
 
 
 def plot_runs(

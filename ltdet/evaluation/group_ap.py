@@ -33,7 +33,8 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 from tabulate import tabulate
 
-from ltdet.data.category_stats import get_category_stats, group_names
+from ltdet.data.category_stats import CategoryStatsError, get_category_stats, group_names
+from ltdet.data.datasets import invalid_box_annotations
 
 __all__ = [
     "COCOGroupEvaluator",
@@ -139,9 +140,8 @@ def load_class_groups(train_dataset, rare_max=10, common_max=100, lvis_groups=Fa
         return None
     try:
         stats = get_category_stats(train_dataset, rare_max, common_max)
-    except (OSError, KeyError, ValueError, IndexError) as e:
-        logger.warning(f"Statistics of training set '{train_dataset}' unavailable ({e}): "
-                       "frequency-group APs are skipped.")
+    except CategoryStatsError as e:
+        logger.warning(f"{e}: frequency-group APs are skipped.")
         return None
     return class_groups_from_stats(stats, lvis_groups=lvis_groups, train_dataset=train_dataset)
 
@@ -160,6 +160,25 @@ def group_average_precision(precision, indices):
     values = precision[:, :, np.asarray(indices, dtype=np.int64), 0]
     values = values[values > -1]
     return float(values.mean() * 100) if values.size else float("nan")
+
+
+def check_ground_truth_boxes(annotations, json_file):
+    """Refuse ground truth with boxes of non-positive width or height.
+
+    The ``lvis`` / COCO APIs evaluate against the json itself, so such boxes
+    cannot be dropped the way the training loader drops them; they would
+    silently ruin the AP (every IoU with them is wrong).
+
+    Raises:
+        ValueError: naming the json, the count and the first annotation ids.
+    """
+    bad = invalid_box_annotations(annotations)
+    if bad:
+        ids = [a.get("id") for a in bad[:5]]
+        raise ValueError(
+            f"{json_file}: {len(bad)} ground-truth annotations have a box [x, y, w, h] with w <= 0 or "
+            f"h <= 0 (annotation ids {ids}{'...' if len(bad) > 5 else ''}); fix the json before evaluating on it"
+        )
 
 
 class _GroupAPMixin:
@@ -221,6 +240,7 @@ class LVISGroupEvaluator(_GroupAPMixin, LVISEvaluator):
             rare_max, common_max (int): r/c/f thresholds passed to ``get_category_stats``.
         """
         super().__init__(dataset_name, *args, **kwargs)
+        check_ground_truth_boxes(self._lvis_api.dataset["annotations"], self._metadata.json_file)
         self._init_groups(train_dataset, rare_max, common_max, lvis_groups=False)
 
     def _eval_predictions(self, predictions):
@@ -274,6 +294,8 @@ class COCOGroupEvaluator(_GroupAPMixin, COCOEvaluator):
             rare_max, common_max (int): r/c/f thresholds (APr: at most ``rare_max`` images).
         """
         super().__init__(dataset_name, *args, **kwargs)
+        if self._do_evaluation:
+            check_ground_truth_boxes(self._coco_api.dataset["annotations"], self._metadata.json_file)
         self._init_groups(train_dataset, rare_max, common_max, lvis_groups=True)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):

@@ -2,8 +2,12 @@
 
 Two-stage losses take ``logits[N, C+1]`` and return a mean over N; dense losses
 take ``logits[M, C]`` and return a sum. Labels are 0..C-1 foreground, C background.
+The loss/head contract is ``base.ClassificationLoss``; importing this package
+registers every loss in ``LOSS_REGISTRY``.
 """
+from .base import ClassificationLoss, InvalidHyperParameter
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 from .softmax_ce import SoftmaxCELoss
 from .sigmoid_bce import SigmoidBCELoss
 from .eql import EQLLoss
@@ -12,9 +16,11 @@ from .acsl import ACSLLoss
 from .seesaw import SeesawLoss
 from .focal import FocalLoss
 from .efl import EFLLoss, EQFLLoss, EQLv2FocalLoss
-from .build import LOSS_REGISTRY, build_classification_loss, TWO_STAGE_LOSSES, DENSE_LOSSES
+from .build import build_classification_loss
 
 __all__ = [
+    "ClassificationLoss",
+    "InvalidHyperParameter",
     "GradientStatistics",
     "SoftmaxCELoss",
     "SigmoidBCELoss",
@@ -28,6 +34,4 @@ __all__ = [
     "EQLv2FocalLoss",
     "LOSS_REGISTRY",
     "build_classification_loss",
-    "TWO_STAGE_LOSSES",
-    "DENSE_LOSSES",
 ]

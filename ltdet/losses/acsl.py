@@ -16,7 +16,7 @@ background row. The rows are drawn without replacement from a seeded
 ``torch.Generator`` whose state is checkpointed (``_extra_state``).
 
 Column C. With ``objectness`` on it is the category-agnostic task of ltdet
-(DESIGN "Conventions"): plain BCE on every row, target 1 for background rows.
+(see ``base.py``): plain BCE on every row, target 1 for background rows.
 With it off, column C is handled exactly as in the official code: a binary
 background task with target 1 and weight 1 on background rows, and weight
 1[sigmoid(z_iC) >= xi] (the same adaptive mask) on foreground rows.
@@ -25,10 +25,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .base import ClassificationLoss, check_range
 from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 from .sigmoid_family import one_hot_like, sigmoid_probs
 
 __all__ = ["ACSLLoss"]
@@ -37,7 +38,8 @@ __all__ = ["ACSLLoss"]
 GROUP_BG_FRACTIONS = (0.01, 0.1, 1.0)
 
 
-class ACSLLoss(nn.Module):
+@LOSS_REGISTRY.register("acsl")
+class ACSLLoss(ClassificationLoss):
     """ACSL (eqs. 5-7) with the official background sampling; mean over N.
 
     Args:
@@ -49,7 +51,9 @@ class ACSLLoss(nn.Module):
         collect_stats (bool): accumulate per-class |dl/dz| in ``grad_stats``.
     """
 
-    uses_sigmoid = True
+    objectness_choices = (False, True)
+    priors = ("class_groups",)
+    config_keys = {"xi": "LTDET.ACSL.XI", "seed": "LTDET.ACSL.SEED"}
 
     def __init__(
         self,
@@ -60,10 +64,8 @@ class ACSLLoss(nn.Module):
         seed: int = 0,
         collect_stats: bool = True,
     ):
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.xi = float(xi)
-        self.objectness = bool(objectness)
+        super().__init__(num_classes, objectness)
+        self.xi = check_range("xi", xi, low=0.0, high=1.0)
         if class_groups is not None:
             class_groups = torch.as_tensor(class_groups, dtype=torch.long).flatten()
             if class_groups.numel() != self.num_classes:

@@ -1,160 +1,141 @@
-"""Loss registry: maps ``cfg.LTDET.CLS_LOSS.NAME`` to a classification loss.
+"""Build the loss named by ``LTDET.CLS_LOSS.NAME`` from a config, honouring or rejecting every key.
 
-Reads only plain attributes of a yacs config; imports nothing from detectron2.
+The loss class declares what it reads (``config_keys``) and what it needs
+(``priors``, ``objectness_choices``, ``requires_grad_stats``, see
+``base.py``); this module turns a config into its constructor call and
+refuses configurations that would silently run something else:
+
+* a key of a namespace the loss reads (e.g. ``LTDET.FOCAL.*`` for EQFL, or
+  ``LTDET.EQLV2.*`` for EQLv2-focal), set to a non-default value, that the
+  loss does not use; keys of namespaces the loss never reads stay inert (as
+  detectron2's own unused keys);
+* ``LTDET.CLS_LOSS.OBJECTNESS`` on/off that the loss does not support;
+  ``LTDET.CLS_LOSS.PRIOR_PROB`` changed for a loss without sigmoid columns;
+* ``LTDET.GRAD_STATS.ENABLED False`` for a loss whose weights come from its
+  statistics (EQLv2, EFL, EQFL, EQLv2-focal);
+* hyper-parameters outside their range (the error names the config key).
+
+Reads only attributes of the yacs config; the defaults it compares with come
+from ``ltdet.config`` (imported when a loss is built).
 """
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-import torch
-from fvcore.common.registry import Registry
+from .base import ClassificationLoss, InvalidHyperParameter
+from .registry import LOSS_REGISTRY
 
-from .acsl import ACSLLoss
-from .efl import EFLLoss, EQFLLoss, EQLv2FocalLoss
-from .eql import EQLLoss
-from .eqlv2 import EQLv2Loss
-from .focal import FocalLoss
-from .seesaw import SeesawLoss
-from .sigmoid_bce import SigmoidBCELoss
-from .softmax_ce import SoftmaxCELoss
+__all__ = ["LOSS_REGISTRY", "build_classification_loss", "loss_class", "resolve_objectness"]
 
-__all__ = ["LOSS_REGISTRY", "build_classification_loss", "TWO_STAGE_LOSSES", "DENSE_LOSSES"]
+OBJECTNESS_KEY = "LTDET.CLS_LOSS.OBJECTNESS"
+PRIOR_PROB_KEY = "LTDET.CLS_LOSS.PRIOR_PROB"
+GRAD_STATS_KEY = "LTDET.GRAD_STATS.ENABLED"
 
-LOSS_REGISTRY = Registry("LTDET_LOSS")
-LOSS_REGISTRY.__doc__ = "Classification losses: fn(cfg, num_classes, image_freq, class_groups) -> nn.Module"
-
-TWO_STAGE_LOSSES = ("softmax", "sigmoid", "eql", "eqlv2", "acsl", "seesaw")
-DENSE_LOSSES = ("focal", "efl", "eqfl", "eqlv2_focal")
+Priors = Mapping[str, Any]
 
 
-def _objectness(cfg, default: bool) -> bool:
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _normalise(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def loss_class(cfg, family: Optional[str] = None):
+    """The registered class of ``LTDET.CLS_LOSS.NAME`` (ValueError naming the choices)."""
+    try:
+        return LOSS_REGISTRY.get(cfg.LTDET.CLS_LOSS.NAME, family)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+
+
+def resolve_objectness(cfg, cls) -> bool:
+    """``LTDET.CLS_LOSS.OBJECTNESS`` for ``cls``: "auto" is the paper's default."""
     value = cfg.LTDET.CLS_LOSS.OBJECTNESS
     if value == "auto":
-        return default
+        return cls.objectness_choices[0]
     if value not in ("on", "off"):
-        raise ValueError(f"LTDET.CLS_LOSS.OBJECTNESS must be auto|on|off, got {value!r}")
+        raise ValueError(f"{OBJECTNESS_KEY} must be 'auto', 'on' or 'off', got {value!r}")
+    if (value == "on") not in cls.objectness_choices:
+        supported = ", ".join("on" if o else "off" for o in cls.objectness_choices)
+        raise ValueError(
+            f"{OBJECTNESS_KEY} = {value!r} is not supported by loss {cls.name!r} "
+            f"({cls.__name__}); it supports: {supported}"
+        )
     return value == "on"
 
 
-def _collect(cfg) -> bool:
-    return bool(cfg.LTDET.GRAD_STATS.ENABLED)
+def _check_keys(cfg, cls, objectness: bool) -> None:
+    """Raise for every non-default key the loss would ignore (module docstring)."""
+    from ltdet.config import ltdet_default
 
-
-def _register(name: str):
-    def deco(fn: Callable):
-        LOSS_REGISTRY._do_register(name, fn)
-        return fn
-
-    return deco
-
-
-@_register("softmax")
-def _softmax(cfg, num_classes, image_freq, class_groups):
-    return SoftmaxCELoss(num_classes, collect_stats=_collect(cfg))
-
-
-@_register("sigmoid")
-def _sigmoid(cfg, num_classes, image_freq, class_groups):
-    return SigmoidBCELoss(num_classes, objectness=_objectness(cfg, False), collect_stats=_collect(cfg))
-
-
-@_register("eql")
-def _eql(cfg, num_classes, image_freq, class_groups):
-    if image_freq is None:
-        raise ValueError("EQL needs the per-class image frequency of the training set")
-    c = cfg.LTDET.EQL
-    return EQLLoss(
-        num_classes,
-        image_freq,
-        lambda_=c.LAMBDA,
-        threshold_fn=c.THRESHOLD_FN,
-        objectness=_objectness(cfg, False),
-        exp_a=c.EXP_A,
-        exp_n=c.EXP_N,
-        gompertz_a=c.GOMPERTZ_A,
-        gompertz_b=c.GOMPERTZ_B,
-        gompertz_c=c.GOMPERTZ_C,
-        collect_stats=_collect(cfg),
-    )
-
-
-@_register("eqlv2")
-def _eqlv2(cfg, num_classes, image_freq, class_groups):
-    c = cfg.LTDET.EQLV2
-    return EQLv2Loss(
-        num_classes,
-        alpha=c.ALPHA,
-        gamma=c.GAMMA,
-        mu=c.MU,
-        objectness=_objectness(cfg, True),
-        pos_reweight=c.POS_REWEIGHT,
-        neg_reweight=c.NEG_REWEIGHT,
-    )
-
-
-@_register("acsl")
-def _acsl(cfg, num_classes, image_freq, class_groups):
-    return ACSLLoss(
-        num_classes,
-        xi=cfg.LTDET.ACSL.XI,
-        class_groups=class_groups,
-        objectness=_objectness(cfg, False),
-        seed=cfg.LTDET.ACSL.SEED,
-        collect_stats=_collect(cfg),
-    )
-
-
-@_register("seesaw")
-def _seesaw(cfg, num_classes, image_freq, class_groups):
-    return SeesawLoss(num_classes, p=cfg.LTDET.SEESAW.P, q=cfg.LTDET.SEESAW.Q, collect_stats=_collect(cfg))
-
-
-@_register("focal")
-def _focal(cfg, num_classes, image_freq, class_groups):
-    f = cfg.LTDET.FOCAL
-    return FocalLoss(num_classes, alpha=f.ALPHA, gamma=f.GAMMA, collect_stats=_collect(cfg))
-
-
-def _efl_kwargs(cfg) -> Dict:
-    f, e = cfg.LTDET.FOCAL, cfg.LTDET.EFL
-    return dict(
-        alpha=f.ALPHA,
-        gamma_b=f.GAMMA,
-        scale=e.SCALE,
-        focusing_factor=e.FOCUSING_FACTOR,
-        weighting_factor=e.WEIGHTING_FACTOR,
-    )
-
-
-@_register("efl")
-def _efl(cfg, num_classes, image_freq, class_groups):
-    return EFLLoss(num_classes, **_efl_kwargs(cfg))
-
-
-@_register("eqfl")
-def _eqfl(cfg, num_classes, image_freq, class_groups):
-    return EQFLLoss(num_classes, **_efl_kwargs(cfg))
-
-
-@_register("eqlv2_focal")
-def _eqlv2_focal(cfg, num_classes, image_freq, class_groups):
-    c, f = cfg.LTDET.EQLV2, cfg.LTDET.FOCAL
-    return EQLv2FocalLoss(
-        num_classes, alpha=c.ALPHA, gamma=c.GAMMA, mu=c.MU, focal_alpha=f.ALPHA, focal_gamma=f.GAMMA
-    )
+    used = set(cls.config_keys.values())
+    namespaces = {key.rpartition(".")[0] for key in used}
+    for namespace in sorted(namespaces):
+        for leaf in _get(cfg, namespace):
+            key = f"{namespace}.{leaf}"
+            value = _get(cfg, key)
+            if key in used or _normalise(value) == _normalise(ltdet_default(key)):
+                continue
+            raise ValueError(
+                f"{key} = {value!r} is not used by loss {cls.name!r} ({cls.__name__}); "
+                f"it reads {sorted(used)}. Leave {key} at its default "
+                f"{ltdet_default(key)!r} or choose a loss that uses it."
+            )
+    prior = cfg.LTDET.CLS_LOSS.PRIOR_PROB
+    if not (cls.activation == "sigmoid" or objectness) and prior != ltdet_default(PRIOR_PROB_KEY):
+        raise ValueError(
+            f"{PRIOR_PROB_KEY} = {prior!r} is not used by loss {cls.name!r}: it has no sigmoid "
+            "column whose bias the prior initialises"
+        )
+    if cls.requires_grad_stats and not cfg.LTDET.GRAD_STATS.ENABLED:
+        raise ValueError(
+            f"{GRAD_STATS_KEY} = False, but loss {cls.name!r} computes its weights from its own "
+            "gradient statistics, which therefore cannot be switched off"
+        )
 
 
 def build_classification_loss(
     cfg,
     num_classes: int,
-    image_freq: Optional[torch.Tensor] = None,
-    class_groups: Optional[torch.Tensor] = None,
-):
+    *,
+    family: Optional[str] = None,
+    priors: Union[None, Priors, Callable[[], Priors]] = None,
+) -> ClassificationLoss:
     """Build the loss named by ``cfg.LTDET.CLS_LOSS.NAME``.
 
     Args:
         cfg: a config with ltdet's keys (see ``ltdet.config``).
         num_classes: C, number of foreground classes.
-        image_freq: Tensor[C], image_count / num_images of the training set (EQL).
-        class_groups: LongTensor[C], 0 rare / 1 common / 2 frequent (ACSL sampling).
+        family: "two_stage" or "dense" to reject a loss of the other family.
+        priors: training-set class statistics for the losses that declare
+            ``priors`` ("image_freq": Tensor[C], "class_groups": LongTensor[C]),
+            as a mapping or a zero-argument callable returning one (called only
+            when the loss needs priors).
+    Returns:
+        the loss module.
+    Raises:
+        ValueError: unknown name, wrong family, a key that would be ignored,
+            an unsupported objectness setting or an out-of-range value (named).
     """
-    name = cfg.LTDET.CLS_LOSS.NAME
-    return LOSS_REGISTRY.get(name)(cfg, num_classes, image_freq, class_groups)
+    cls = loss_class(cfg, family)
+    objectness = resolve_objectness(cfg, cls)
+    _check_keys(cfg, cls, objectness)
+    kwargs: Dict[str, Any] = {arg: _get(cfg, key) for arg, key in cls.config_keys.items()}
+    if len(cls.objectness_choices) > 1:
+        kwargs["objectness"] = objectness
+    if not cls.requires_grad_stats:
+        kwargs["collect_stats"] = bool(cfg.LTDET.GRAD_STATS.ENABLED)
+    if cls.priors:
+        if priors is None:
+            raise ValueError(f"loss {cls.name!r} needs the training set's {list(cls.priors)}")
+        values = priors() if callable(priors) else priors
+        kwargs.update({name: values[name] for name in cls.priors})
+    try:
+        return cls(num_classes, **kwargs)
+    except InvalidHyperParameter as e:
+        keys = {"objectness": OBJECTNESS_KEY, **cls.config_keys}
+        key = keys.get(e.arg, e.arg)
+        raise ValueError(f"{key} = {e.value!r} is out of range for loss {cls.name!r}: it must be {e.valid}") from e

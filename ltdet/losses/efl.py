@@ -14,55 +14,61 @@ From the accumulated per-sample gradients of the loss itself
 with the focusing factor γ^j and the weighting factor w^j = γ^j / γ_b treated
 as constants in backward (as the official code), so ∂EFL/∂z is appendix eq. 6
 times α_t. ``EQLv2FocalLoss`` puts EQLv2's gradient-guided weights on focal
-loss (EFL Sec. 1 / Table 1, derivative appendix eq. 7).
+loss (EFL Sec. 1 / Table 1, derivative appendix eq. 7), with EQLv2's Table 2
+switches (``pos_reweight`` / ``neg_reweight``).
 """
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .focal_family import check_logits, focal_family_loss
+from .base import check_range
+from .eqlv2 import EQLV2_CONFIG_KEYS, EQLv2Weights
+from .focal import DenseSigmoidLoss
+from .focal_family import alpha_weights, check_alpha, check_logits, focal_family_loss
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 
-__all__ = ["EFLLoss", "EQFLLoss", "EQLv2FocalLoss"]
+__all__ = ["EFLLoss", "EQFLLoss", "EQLv2FocalLoss", "EqualizedFocalFactors"]
+
+#: Constructor argument -> config key of EFL's factors (EFL and EQFL).
+EFL_FACTOR_KEYS = {
+    "gamma_b": "LTDET.FOCAL.GAMMA",
+    "scale": "LTDET.EFL.SCALE",
+    "focusing_factor": "LTDET.EFL.FOCUSING_FACTOR",
+    "weighting_factor": "LTDET.EFL.WEIGHTING_FACTOR",
+}
 
 
-class EFLLoss(nn.Module):
-    """Sum-reduced Equalized Focal Loss (eq. 4).
+class EqualizedFocalFactors(DenseSigmoidLoss):
+    """EFL's per-class focusing and weighting factors (eqs. 3-4), shared by EFL and EQFL.
 
     Args:
         num_classes (int): C.
-        alpha (float): α of α_t (α for positives, 1 - α for negatives); α < 0
-            disables it.
-        gamma_b (float): γ_b, the class-agnostic focusing factor.
-        scale (float): s, upper limit of γ_v^j (8; 4 for YOLOX-like heads).
+        gamma_b (float): γ_b > 0, the class-agnostic focusing factor.
+        scale (float): s >= 0, upper limit of γ_v^j (8; 4 for YOLOX-like heads).
         focusing_factor (bool): use γ^j (else γ_b for every class; Table 3 "FF").
         weighting_factor (bool): multiply by (γ_b + γ_v^j) / γ_b (Table 3 "WF").
 
-    ``grad_stats`` holds the accumulated |∂l/∂z| of this loss (including its
+    ``grad_stats`` holds the accumulated |∂l/∂z| of the loss (including its
     factors); ``synchronize()`` runs at the start of every forward (a
     collective: every rank calls forward in the same order).
     """
 
-    uses_sigmoid = True
+    requires_grad_stats = True
 
     def __init__(
         self,
         num_classes: int,
-        alpha: float = 0.25,
         gamma_b: float = 2.0,
         scale: float = 8.0,
         focusing_factor: bool = True,
         weighting_factor: bool = True,
     ):
-        super().__init__()
-        if gamma_b <= 0:
-            raise ValueError(f"gamma_b must be > 0 (the weighting factor divides by it), got {gamma_b}")
-        self.num_classes = int(num_classes)
-        self.alpha = float(alpha)
-        self.gamma_b = float(gamma_b)
-        self.scale = float(scale)
+        super().__init__(num_classes)
+        # the weighting factor divides by γ_b
+        self.gamma_b = check_range("gamma_b", gamma_b, low=0.0, low_open=True)
+        self.scale = check_range("scale", scale, low=0.0)
         self.focusing_factor = bool(focusing_factor)
         self.weighting_factor = bool(weighting_factor)
         self.grad_stats = GradientStatistics(self.num_classes)
@@ -74,23 +80,51 @@ class EFLLoss(nn.Module):
             (gamma[C], weight[C]), float64, on the statistics' device.
         """
         g = self.grad_stats.ratio(initial=1.0).clamp(0.0, 1.0)
-        gamma_v = self.scale * (1.0 - g)
-        gamma = self.gamma_b + gamma_v
+        gamma = self.gamma_b + self.scale * (1.0 - g)
         weight = gamma / self.gamma_b if self.weighting_factor else torch.ones_like(gamma)
         if not self.focusing_factor:
             gamma = torch.full_like(gamma, self.gamma_b)
         return gamma, weight
 
-    def _alphas(self) -> Tuple[float, float]:
-        """(α_t of positives, α_t of negatives)."""
-        return (self.alpha, 1.0 - self.alpha) if self.alpha >= 0 else (1.0, 1.0)
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, scale={self.scale}, "
+            f"focusing_factor={self.focusing_factor}, weighting_factor={self.weighting_factor}"
+        )
+
+
+@LOSS_REGISTRY.register("efl")
+class EFLLoss(EqualizedFocalFactors):
+    """Sum-reduced Equalized Focal Loss (eq. 4).
+
+    Args:
+        num_classes (int): C.
+        alpha (float): α of α_t (α for positives, 1 - α for negatives); α < 0
+            disables it.
+        gamma_b, scale, focusing_factor, weighting_factor: see
+            :class:`EqualizedFocalFactors`.
+    """
+
+    config_keys = {"alpha": "LTDET.FOCAL.ALPHA", **EFL_FACTOR_KEYS}
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.25,
+        gamma_b: float = 2.0,
+        scale: float = 8.0,
+        focusing_factor: bool = True,
+        weighting_factor: bool = True,
+    ):
+        super().__init__(num_classes, gamma_b, scale, focusing_factor, weighting_factor)
+        self.alpha = check_alpha("alpha", alpha)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args: logits Tensor[M, C]; labels LongTensor[M] in 0..C. Returns: scalar sum."""
         self.grad_stats.synchronize()
         check_logits(logits, self.num_classes)
         gamma, weight = self.class_factors()
-        alpha_pos, alpha_neg = self._alphas()
+        alpha_pos, alpha_neg = alpha_weights(self.alpha)
         return focal_family_loss(
             logits,
             labels,
@@ -100,27 +134,26 @@ class EFLLoss(nn.Module):
             stats=self.grad_stats,
         )
 
-    def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Tensor[M, C] -> Tensor[M, C]: per-class sigmoid scores."""
-        return torch.sigmoid(logits.float())
-
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, alpha={self.alpha}, gamma_b={self.gamma_b}, "
-            f"scale={self.scale}, focusing_factor={self.focusing_factor}, "
-            f"weighting_factor={self.weighting_factor}"
-        )
+        return f"{super().extra_repr()}, alpha={self.alpha}"
 
 
-class EQFLLoss(EFLLoss):
+@LOSS_REGISTRY.register("eqfl")
+class EQFLLoss(EqualizedFocalFactors):
     """Sum-reduced Equalized Quality Focal Loss (eq. 5): EFL's factors on QFL.
 
     Negatives: w^j σ(z)^γ^j softplus(z); the gt entry of a foreground sample
     has the soft target y' = IoU score: w^j |y' - p|^γ^j BCE(z, y'). The
     quality factor |y' - p| is differentiated, γ^j and w^j are constants.
-    Same constructor as ``EFLLoss``; ``alpha`` is kept for that uniformity but
-    not used: QFL and EQFL (eq. 5, official code) have no α_t.
+    QFL and EQFL (eq. 5, official code) have no α_t, so there is no ``alpha``.
+    The head passes the IoU targets as ``scores`` (``extra_inputs``).
     """
+
+    config_keys = dict(EFL_FACTOR_KEYS)
+
+    @property
+    def extra_inputs(self):
+        return ("scores",)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Sum of EQFL over all M x C entries.
@@ -173,7 +206,8 @@ def quality_focal_terms(z, target, gamma, weight) -> Tuple[torch.Tensor, torch.T
     return weight * mod * bce, weight * grad
 
 
-class EQLv2FocalLoss(nn.Module):
+@LOSS_REGISTRY.register("eqlv2_focal")
+class EQLv2FocalLoss(DenseSigmoidLoss):
     """Sum-reduced focal loss with EQLv2's gradient-guided weights (EFL eq. 7).
 
     From the accumulated re-weighted |∂l/∂z| (EQLv2 eq. 9) g_j,
@@ -190,10 +224,12 @@ class EQLv2FocalLoss(nn.Module):
         mu (float): μ of EQLv2's mapping function.
         focal_alpha (float): α of the focal term (α < 0 disables α_t).
         focal_gamma (float): γ of the focal term.
+        pos_reweight (bool): apply q_j to positives (EQLv2 Table 2 "pos").
+        neg_reweight (bool): apply r_j to negatives (EQLv2 Table 2 "neg").
     """
 
-    uses_sigmoid = True
-    INITIAL_RATIO = 100.0
+    requires_grad_stats = True
+    config_keys = {**EQLV2_CONFIG_KEYS, "focal_alpha": "LTDET.FOCAL.ALPHA", "focal_gamma": "LTDET.FOCAL.GAMMA"}
 
     def __init__(
         self,
@@ -203,29 +239,25 @@ class EQLv2FocalLoss(nn.Module):
         mu: float = 0.8,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        pos_reweight: bool = True,
+        neg_reweight: bool = True,
     ):
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
-        self.mu = float(mu)
-        self.focal_alpha = float(focal_alpha)
-        self.focal_gamma = float(focal_gamma)
+        super().__init__(num_classes)
+        self.weights = EQLv2Weights(alpha, gamma, mu, pos_reweight, neg_reweight)
+        self.focal_alpha = check_alpha("focal_alpha", focal_alpha)
+        self.focal_gamma = check_range("focal_gamma", focal_gamma, low=0.0)
         self.grad_stats = GradientStatistics(self.num_classes)
 
     def class_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Current (q[C], r[C]) in float64 (EQLv2 eqs. 5-6)."""
-        f = torch.sigmoid(self.gamma * (self.grad_stats.ratio(initial=self.INITIAL_RATIO) - self.mu))
-        return 1.0 + self.alpha * (1.0 - f), f
+        return self.weights(self.grad_stats)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args: logits Tensor[M, C]; labels LongTensor[M] in 0..C. Returns: scalar sum."""
         self.grad_stats.synchronize()
         check_logits(logits, self.num_classes)
         q, r = self.class_weights()
-        alpha_pos, alpha_neg = (
-            (self.focal_alpha, 1.0 - self.focal_alpha) if self.focal_alpha >= 0 else (1.0, 1.0)
-        )
+        alpha_pos, alpha_neg = alpha_weights(self.focal_alpha)
         return focal_family_loss(
             logits,
             labels,
@@ -235,12 +267,8 @@ class EQLv2FocalLoss(nn.Module):
             stats=self.grad_stats,
         )
 
-    def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Tensor[M, C] -> Tensor[M, C]: per-class sigmoid scores."""
-        return torch.sigmoid(logits.float())
-
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, alpha={self.alpha}, gamma={self.gamma}, mu={self.mu}, "
+            f"num_classes={self.num_classes}, {self.weights!r}, "
             f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}"
         )

@@ -15,19 +15,23 @@ num_images. Threshold functions (Sec. 4.4, Fig. 3 / Table 3):
 For LVIS, classes in the image's pos_category_ids / neg_category_ids are
 never ignored (Sec. 4.2): w_j = 1 there.
 """
+import logging
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .base import ClassificationLoss, check_choice, check_range
 from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 from .sigmoid_family import one_hot_like, sigmoid_probs
 
 __all__ = ["EQLLoss", "threshold_weights"]
 
 THRESHOLD_FNS = ("step", "exp", "gompertz")
+
+logger = logging.getLogger(__name__)
 
 
 def threshold_weights(
@@ -50,18 +54,18 @@ def threshold_weights(
         Tensor[C] in [0, 1], float32.
     """
     f = image_freq.double()
+    check_choice("threshold_fn", threshold_fn, THRESHOLD_FNS)
     if threshold_fn == "step":
         t = (f < lambda_).double()
     elif threshold_fn == "exp":
         t = (1.0 - (exp_a * f).pow(exp_n)).clamp(0.0, 1.0)
-    elif threshold_fn == "gompertz":
-        t = 1.0 - gompertz_a * torch.exp(-gompertz_b * torch.exp(-gompertz_c * f))
     else:
-        raise ValueError(f"threshold_fn must be one of {THRESHOLD_FNS}, got {threshold_fn!r}")
+        t = 1.0 - gompertz_a * torch.exp(-gompertz_b * torch.exp(-gompertz_c * f))
     return t.float()
 
 
-class EQLLoss(nn.Module):
+@LOSS_REGISTRY.register("eql")
+class EQLLoss(ClassificationLoss):
     """Sigmoid BCE with the EQL weights of eq. 7; mean over N.
 
     Gradient: w_ij (p_ij - y_ij) (EQL eq. 5 times w). Column C: plain BCE with
@@ -76,9 +80,22 @@ class EQLLoss(nn.Module):
         exp_a, exp_n: a, n of the exponential decay.
         gompertz_a, gompertz_b, gompertz_c: a, b, c of the Gompertz decay.
         collect_stats (bool): accumulate per-class |dl/dz| in ``grad_stats``.
+        use_image_labels (bool): the head passes ``image_label_mask`` (LVIS
+            image-level labels, Sec. 4.2); those classes are never ignored.
     """
 
-    uses_sigmoid = True
+    objectness_choices = (False, True)
+    priors = ("image_freq",)
+    config_keys = {
+        "lambda_": "LTDET.EQL.LAMBDA",
+        "threshold_fn": "LTDET.EQL.THRESHOLD_FN",
+        "exp_a": "LTDET.EQL.EXP_A",
+        "exp_n": "LTDET.EQL.EXP_N",
+        "gompertz_a": "LTDET.EQL.GOMPERTZ_A",
+        "gompertz_b": "LTDET.EQL.GOMPERTZ_B",
+        "gompertz_c": "LTDET.EQL.GOMPERTZ_C",
+        "use_image_labels": "LTDET.EQL.USE_IMAGE_LABELS",
+    }
 
     def __init__(
         self,
@@ -93,15 +110,20 @@ class EQLLoss(nn.Module):
         gompertz_b: float = 80.0,
         gompertz_c: float = 3000.0,
         collect_stats: bool = True,
+        use_image_labels: bool = False,
     ):
-        super().__init__()
-        self.num_classes = int(num_classes)
+        super().__init__(num_classes, objectness)
         image_freq = torch.as_tensor(image_freq, dtype=torch.float64).flatten()
         if image_freq.numel() != self.num_classes:
             raise ValueError(f"image_freq has {image_freq.numel()} entries, expected {self.num_classes}")
-        self.lambda_ = float(lambda_)
-        self.threshold_fn = threshold_fn
-        self.objectness = bool(objectness)
+        self.lambda_ = check_range("lambda_", lambda_, low=0.0, high=1.0)
+        self.threshold_fn = check_choice("threshold_fn", threshold_fn, THRESHOLD_FNS)
+        exp_a = check_range("exp_a", exp_a, low=0.0, low_open=True)
+        exp_n = check_range("exp_n", exp_n, low=0.0, low_open=True)
+        gompertz_a = check_range("gompertz_a", gompertz_a, low=0.0, high=1.0)
+        gompertz_b = check_range("gompertz_b", gompertz_b, low=0.0, low_open=True)
+        gompertz_c = check_range("gompertz_c", gompertz_c, low=0.0, low_open=True)
+        self.use_image_labels = bool(use_image_labels)
         t = threshold_weights(
             image_freq, self.lambda_, threshold_fn, exp_a, exp_n, gompertz_a, gompertz_b, gompertz_c
         )
@@ -109,6 +131,15 @@ class EQLLoss(nn.Module):
         self.register_buffer("image_freq", image_freq, persistent=False)
         self.register_buffer("threshold", t, persistent=False)
         self.grad_stats = GradientStatistics(self.num_classes) if collect_stats else None
+        logger.info(
+            f"EQL: lambda={self.lambda_:g} ({self.threshold_fn}), tail ratio TR(lambda)="
+            f"{100 * self.tail_ratio():.2f}% of image-level occurrences, "
+            f"{100 * self.tail_class_fraction():.1f}% of the classes below the threshold"
+        )
+
+    @property
+    def extra_inputs(self):
+        return ("image_label_mask",) if self.use_image_labels else ()
 
     def tail_ratio(self) -> float:
         """TR(λ) = sum_j T(f_j) N_j / sum_j N_j (EQL eq. 8), N_j the image count of class j.
@@ -171,5 +202,6 @@ class EQLLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, lambda_={self.lambda_}, "
-            f"threshold_fn={self.threshold_fn!r}, objectness={self.objectness}"
+            f"threshold_fn={self.threshold_fn!r}, objectness={self.objectness}, "
+            f"use_image_labels={self.use_image_labels}"
         )

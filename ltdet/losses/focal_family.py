@@ -23,16 +23,18 @@ unweighted chunk (negatives are >= 0) and |gradient| at the gt entries.
 Everything is computed from log-sigmoid / softplus forms, never
 ``log(sigmoid(z))``, in float32 (float64 for float64 logits) with autocast off.
 """
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .base import InvalidHyperParameter
 from .common import check_labels, empty_loss
 from .grad_stats import GradientStatistics
 
-__all__ = ["focal_family_loss", "focal_terms", "check_logits"]
+__all__ = ["alpha_weights", "check_alpha", "check_logits", "focal_family_loss", "focal_terms"]
 
 Scalar = Union[float, torch.Tensor]
 PosTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -142,6 +144,19 @@ def _chunk_bounds(logits: torch.Tensor, pos_rows: torch.Tensor):
     starts = torch.arange(0, m, rows, device=pos_rows.device)
     cuts = torch.searchsorted(pos_rows, starts).tolist() + [pos_rows.numel()]
     return [(r0, min(r0 + rows, m), cuts[k], cuts[k + 1]) for k, r0 in enumerate(range(0, m, rows))]
+
+
+def check_alpha(arg: str, alpha) -> float:
+    """α of focal loss: in [0, 1], or negative to switch α_t off (torchvision's convention)."""
+    value = float(alpha)
+    if not (math.isfinite(value) and (value < 0 or value <= 1.0)):
+        raise InvalidHyperParameter(arg, alpha, "in [0, 1], or < 0 to disable alpha_t")
+    return value
+
+
+def alpha_weights(alpha: float) -> Tuple[float, float]:
+    """(α_t of positives, α_t of negatives): (α, 1 - α), or (1, 1) for α < 0."""
+    return (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
 
 
 def check_logits(logits: torch.Tensor, num_classes: int) -> None:

@@ -23,10 +23,11 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
+from .base import ClassificationLoss, check_range
 from .common import check_labels, tapped_mean_loss
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 
 __all__ = ["SeesawLoss", "seesaw_log_weights"]
 
@@ -70,7 +71,8 @@ def seesaw_log_weights(
     return log_w
 
 
-class SeesawLoss(nn.Module):
+@LOSS_REGISTRY.register("seesaw")
+class SeesawLoss(ClassificationLoss):
     """Seesaw-reweighted softmax CE on foreground rows + objectness BCE; mean over N.
 
     Args:
@@ -81,16 +83,19 @@ class SeesawLoss(nn.Module):
 
     Buffer ``cum_samples[C]`` (float64, checkpointed): accumulated class
     counts, all-reduced over processes in every training forward (a collective).
+
+    The objectness column is part of the method (Seesaw Sec. 3.3, every
+    official config), so it cannot be switched off.
     """
 
-    uses_sigmoid = False
-    objectness = True
+    activation = "softmax"
+    objectness_choices = (True,)
+    config_keys = {"p": "LTDET.SEESAW.P", "q": "LTDET.SEESAW.Q"}
 
     def __init__(self, num_classes: int, p: float = 0.8, q: float = 2.0, collect_stats: bool = True):
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.p = float(p)
-        self.q = float(q)
+        super().__init__(num_classes, objectness=True)
+        self.p = check_range("p", p, low=0.0)
+        self.q = check_range("q", q, low=0.0)
         self.register_buffer("cum_samples", torch.zeros(self.num_classes, dtype=torch.float64))
         self.grad_stats = GradientStatistics(self.num_classes) if collect_stats else None
 

@@ -3,16 +3,18 @@
 Shape shorthand: N proposals, C foreground classes, logits [N, C + 1].
 """
 import torch
-from torch import nn
 
+from .base import ClassificationLoss
 from .common import check_labels, empty_loss
 from .grad_stats import GradientStatistics
+from .registry import LOSS_REGISTRY
 from .sigmoid_family import column_weighted_bce, sigmoid_probs
 
 __all__ = ["SigmoidBCELoss"]
 
 
-class SigmoidBCELoss(nn.Module):
+@LOSS_REGISTRY.register("sigmoid")
+class SigmoidBCELoss(ClassificationLoss):
     """Sigmoid BCE over the C foreground columns, plus the optional objectness task.
 
     l_i = sum_j BCE(z_ij, y_ij), with y_ij = 1[j == label_i]; background rows
@@ -26,12 +28,10 @@ class SigmoidBCELoss(nn.Module):
         collect_stats (bool): accumulate per-class |dl/dz| in ``grad_stats``.
     """
 
-    uses_sigmoid = True
+    objectness_choices = (False, True)
 
     def __init__(self, num_classes: int, objectness: bool = False, collect_stats: bool = True):
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.objectness = bool(objectness)
+        super().__init__(num_classes, objectness)
         self.grad_stats = GradientStatistics(self.num_classes) if collect_stats else None
         obj = 1.0 if self.objectness else 0.0
         weights = torch.cat([torch.ones(self.num_classes), torch.tensor([obj])])

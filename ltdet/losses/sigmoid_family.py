@@ -1,7 +1,7 @@
 """Shared pieces of the sigmoid-family two-stage losses (BCE, EQL, EQLv2, ACSL).
 
 Shape shorthand: N proposals, C foreground classes, K = C + 1 logit columns
-(column C is the category-agnostic objectness task, see DESIGN "Conventions").
+(column C is the category-agnostic objectness task, see ``base.py``).
 
 ``column_weighted_bce`` is a fused autograd function for the losses whose
 binary cross-entropy weights depend only on the column and on whether the

@@ -2,7 +2,6 @@
 pluggable long-tail classification loss (EFL Sec. 4.1)."""
 from . import backbone  # noqa: F401  (registers build_resnet_fpn_p6p7_backbone)
 from .assigner import ATSSAssigner, CenterSamplingAssigner, centerness_targets
-from .config import add_dense_config
 from .detector import LongTailATSS  # registers the LongTailATSS meta-architecture
 from .head import ATSSHead
 
@@ -10,7 +9,6 @@ __all__ = [
     "ATSSAssigner",
     "CenterSamplingAssigner",
     "centerness_targets",
-    "add_dense_config",
     "LongTailATSS",
     "ATSSHead",
 ]

@@ -35,7 +35,7 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ltdet.losses import DENSE_LOSSES, EQFLLoss, build_classification_loss
+from ltdet.losses import build_classification_loss
 
 from .assigner import ATSSAssigner, CenterSamplingAssigner, centerness_targets
 from .head import ATSSHead
@@ -50,8 +50,9 @@ class LongTailATSS(FCOS):
     The classification loss is a submodule (``cls_loss``), so its statistics
     buffers are checkpointed with the model. It receives the flattened
     ``logits[N x R, C]`` and ``labels[N x R]`` (C = background) and returns a
-    sum; EQFL also receives ``scores[N x R]``: the IoU of each positive's
-    decoded box with its ground truth (0 for negatives). Every loss term is
+    sum; a loss whose ``extra_inputs`` name "scores" (EQFL) also receives
+    ``scores[N x R]``: the IoU of each positive's decoded box with its ground
+    truth (0 for negatives). Every loss term is
     divided by the number of positives, averaged over processes and smoothed
     by detectron2's EMA (``_ema_update``, as RetinaNet).
     """
@@ -121,12 +122,7 @@ class LongTailATSS(FCOS):
     @classmethod
     def from_config(cls, cfg):
         d = cfg.MODEL.LTDET_DENSE
-        loss_name = cfg.LTDET.CLS_LOSS.NAME
-        if loss_name not in DENSE_LOSSES:
-            raise ValueError(
-                f"LTDET.CLS_LOSS.NAME={loss_name!r} is not a dense loss; "
-                f"LongTailATSS takes one of {DENSE_LOSSES}"
-            )
+        cls_loss = build_classification_loss(cfg, d.NUM_CLASSES, family="dense")
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         feature_shapes = [backbone_shape[f] for f in d.IN_FEATURES]
@@ -152,7 +148,7 @@ class LongTailATSS(FCOS):
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=d.BBOX_REG_WEIGHTS),
             "assigner": assigner,
-            "cls_loss": build_classification_loss(cfg, d.NUM_CLASSES),
+            "cls_loss": cls_loss,
             "num_classes": d.NUM_CLASSES,
             "quality": d.QUALITY,
             "reg_loss_weight": d.REG_LOSS_WEIGHT,
@@ -163,6 +159,21 @@ class LongTailATSS(FCOS):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    def get_extra_state(self) -> Tensor:
+        """The EMA of the number of positives (``_ema_update``), so that resume is exact.
+
+        detectron2 keeps it as a plain attribute, which no checkpoint saves;
+        NaN before the first training step.
+        """
+        return torch.tensor(float(getattr(self, "loss_normalizer", float("nan"))), dtype=torch.float64)
+
+    def set_extra_state(self, state) -> None:
+        value = float(torch.as_tensor(state))
+        if value == value:  # not NaN
+            self.loss_normalizer = value
+        elif hasattr(self, "loss_normalizer"):
+            del self.loss_normalizer
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
@@ -250,12 +261,12 @@ class LongTailATSS(FCOS):
         )
 
         logits = cat(pred_logits, dim=1).flatten(0, 1)  # (N x R, C)
-        if isinstance(self.cls_loss, EQFLLoss):
+        extra = {}
+        if "scores" in self.cls_loss.extra_inputs:  # IoU targets of the positives (EQFL)
             scores = torch.zeros(labels.shape, dtype=logits.dtype, device=logits.device)
             scores[pos_mask] = ious.to(scores.dtype)
-            loss_cls = self.cls_loss(logits, labels.flatten(), scores.flatten())
-        else:
-            loss_cls = self.cls_loss(logits, labels.flatten())
+            extra["scores"] = scores.flatten()
+        loss_cls = self.cls_loss(logits, labels.flatten(), **extra)
 
         return {
             "loss_cls": loss_cls / normalizer,

@@ -1,5 +1,5 @@
 """Two-stage long-tail ROI heads: a Fast R-CNN predictor with a pluggable classification loss."""
-from .fast_rcnn import LongTailFastRCNNOutputLayers, build_roi_classification_loss, load_category_stats
+from .fast_rcnn import LongTailFastRCNNOutputLayers, build_roi_classification_loss, roi_loss_priors
 from .image_labels import ImageLabelRCNN  # registers the ImageLabelRCNN meta-architecture
 from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads  # register the ROI heads
 
@@ -9,5 +9,5 @@ __all__ = [
     "LongTailCascadeROIHeads",
     "ImageLabelRCNN",
     "build_roi_classification_loss",
-    "load_category_stats",
+    "roi_loss_priors",
 ]

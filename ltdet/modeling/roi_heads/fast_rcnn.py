@@ -3,98 +3,90 @@
 Shape shorthand: N sampled proposals (all images of the batch), C foreground
 classes, K = C + 1 classifier columns (column C: background for softmax CE,
 the category-agnostic objectness task for the sigmoid family and Seesaw, see
-DESIGN "Conventions").
+``ltdet/losses/base.py``).
 
 Only the classification term and the class probabilities change with respect
-to detectron2's :class:`FastRCNNOutputLayers`; box regression, inference
-(``fast_rcnn_inference`` drops column C) and the logging of classification
-statistics are inherited.
+to detectron2's :class:`FastRCNNOutputLayers`; box regression
+(``box_reg_loss``), inference (``fast_rcnn_inference`` drops column C) and the
+logging of classification statistics are detectron2's.
 """
-import inspect
 import logging
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
-from detectron2.utils.logger import log_first_n
 
-from ltdet.losses import TWO_STAGE_LOSSES, build_classification_loss
+from ltdet.data.category_stats import train_category_stats
+from ltdet.losses import build_classification_loss
+from ltdet.losses.build import loss_class
 
-__all__ = ["LongTailFastRCNNOutputLayers", "build_roi_classification_loss", "load_category_stats"]
+from .image_labels import ImageLabelRCNN
+
+__all__ = ["LongTailFastRCNNOutputLayers", "build_roi_classification_loss", "roi_loss_priors"]
 
 logger = logging.getLogger(__name__)
 
-# Losses whose construction needs class-frequency priors of the training set:
-# EQL's f_j (T_λ, EQL eq. 7) and ACSL's rare/common/frequent groups (background sampling).
-LOSSES_WITH_PRIORS = ("eql", "acsl")
 
-
-def load_category_stats(cfg):
-    """Category statistics of the first training dataset, ``cfg.DATASETS.TRAIN[0]``.
+def roi_loss_priors(cfg, num_classes: int):
+    """The class priors of the training set if the configured loss needs them, else None.
 
     Raises:
-        RuntimeError: naming the dataset and the loss, when its per-class image
-            counts cannot be read (dataset not registered or not on disk).
+        CategoryStatsError: the loss needs them and they cannot be read.
+        ValueError: the training set does not have ``num_classes`` categories.
     """
-    name = cfg.LTDET.CLS_LOSS.NAME
-    if not cfg.DATASETS.TRAIN:
-        raise RuntimeError(f"LTDET.CLS_LOSS.NAME={name!r} needs class frequencies, but DATASETS.TRAIN is empty")
-    dataset = cfg.DATASETS.TRAIN[0]
-    try:
-        from ltdet.data.category_stats import get_category_stats
-
-        return get_category_stats(
-            dataset, cfg.LTDET.DATA.RARE_MAX_IMAGES, cfg.LTDET.DATA.COMMON_MAX_IMAGES
+    cls = loss_class(cfg, "two_stage")
+    if not cls.priors:
+        return None
+    stats = train_category_stats(cfg, purpose=f"loss {cls.name!r}")
+    if stats.num_classes != num_classes:
+        raise ValueError(
+            f"dataset {cfg.DATASETS.TRAIN[0]!r} has {stats.num_classes} categories but "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}"
         )
-    except Exception as e:
-        raise RuntimeError(
-            f"LTDET.CLS_LOSS.NAME={name!r} needs the per-class image counts of the training set, "
-            f"but they could not be read from dataset {dataset!r} (DATASETS.TRAIN[0]): "
-            f"{type(e).__name__}: {e}. Set the dataset up as in datasets/README.md."
-        ) from e
+    return stats.priors()
 
 
-def build_roi_classification_loss(cfg, num_classes: int, category_stats=None) -> nn.Module:
+def build_roi_classification_loss(cfg, num_classes: int, priors=None) -> nn.Module:
     """Build the two-stage classification loss named by ``cfg.LTDET.CLS_LOSS.NAME``.
 
-    Class-frequency priors are read only for the losses that need them
-    (:data:`LOSSES_WITH_PRIORS`), so the other losses build without the
-    training set on disk. For EQL, logs the tail ratio TR(λ) (EQL eq. 8).
+    Class-frequency priors are read only for the losses that declare them
+    (``ClassificationLoss.priors``), so the other losses build without the
+    training set on disk.
 
     Args:
         cfg: config with ltdet's keys.
         num_classes: C.
-        category_stats: result of ``get_category_stats`` for the training set;
-            read from ``cfg.DATASETS.TRAIN[0]`` when None and needed.
+        priors: result of :func:`roi_loss_priors`; read from
+            ``cfg.DATASETS.TRAIN[0]`` when None and needed.
     Returns:
-        nn.Module called as ``loss(logits[N, C+1], labels[N])``.
+        ``ClassificationLoss`` called as ``loss(logits[N, C+1], labels[N])``.
     """
-    name = cfg.LTDET.CLS_LOSS.NAME
-    if name not in TWO_STAGE_LOSSES:
-        raise ValueError(f"LTDET.CLS_LOSS.NAME={name!r} is not a two-stage loss; choose one of {TWO_STAGE_LOSSES}")
-    image_freq = groups = None
-    if name in LOSSES_WITH_PRIORS:
-        stats = load_category_stats(cfg) if category_stats is None else category_stats
-        image_freq, groups = stats.image_freq, stats.groups
-        if len(image_freq) != num_classes:
-            raise ValueError(
-                f"dataset {cfg.DATASETS.TRAIN[0]!r} has {len(image_freq)} categories but "
-                f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}"
-            )
-    loss = build_classification_loss(cfg, num_classes, image_freq, groups)
-    if name == "eql":
-        logger.info(
-            f"EQL on {cfg.DATASETS.TRAIN[0]}: lambda={loss.lambda_:g}, tail ratio TR(lambda)="
-            f"{100 * loss.tail_ratio():.2f}% of image-level occurrences, "
-            f"{100 * loss.tail_class_fraction():.1f}% of the classes below the threshold"
-        )
+    if priors is None:
+        priors = lambda: roi_loss_priors(cfg, num_classes)  # noqa: E731  (read only if needed)
+    loss = build_classification_loss(cfg, num_classes, family="two_stage", priors=priors)
+    if "image_label_mask" in loss.extra_inputs:
+        _check_image_label_architecture(cfg, loss)
     return loss
+
+
+def _check_image_label_architecture(cfg, loss) -> None:
+    """A loss that takes image-level labels needs a meta-architecture that provides them."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if not issubclass(META_ARCH_REGISTRY.get(arch), ImageLabelRCNN):
+        switch = loss.config_keys.get("use_image_labels")
+        hint = f", or set {switch} False" if switch else ""
+        raise ValueError(
+            f"loss {loss.name!r} takes LVIS image-level labels (image_label_mask), which only "
+            f"MODEL.META_ARCHITECTURE 'ImageLabelRCNN' hands to the ROI heads; got {arch!r}. "
+            f"Use 'ImageLabelRCNN'{hint}."
+        )
 
 
 class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -105,49 +97,40 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     predictor, so its statistics buffers (EQLv2's accumulated gradients,
     Seesaw's class counts) are saved and restored by detectron2's Checkpointer.
     Columns trained as sigmoid tasks start from the prior probability
-    ``prior_prob`` (EQLv2 Sec. 4.2, Focal Loss Sec. 3.3): every column for the
-    sigmoid family, the objectness column for Seesaw.
+    ``prior_prob`` (EQLv2 Sec. 4.2, Focal Loss Sec. 3.3): every column of a
+    sigmoid loss, the objectness column of a softmax loss with one (Seesaw).
+    What the loss needs besides logits and labels comes from its contract
+    (``cls_loss.extra_inputs``).
     """
 
     @configurable
-    def __init__(
-        self,
-        input_shape,
-        *,
-        cls_loss: nn.Module,
-        prior_prob: float = 0.001,
-        use_image_labels: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, input_shape, *, cls_loss: nn.Module, prior_prob: float = 0.001, **kwargs):
         """
         Args:
             input_shape (ShapeSpec): shape of the box-head features.
-            cls_loss (nn.Module): classification loss with ``num_classes``,
-                ``uses_sigmoid``, ``objectness`` and ``get_probs``, called as
-                ``cls_loss(logits[N, C+1], labels[N])``.
+            cls_loss (ClassificationLoss): a two-stage loss, called as
+                ``cls_loss(logits[N, C+1], labels[N], **extra_inputs)``.
             prior_prob (float): initial probability of the sigmoid columns.
-            use_image_labels (bool): pass ``image_label_mask[N, C]`` (from the
-                proposals' ``gt_image_labels`` field) to the loss (EQL Sec. 4.2).
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
+        if cls_loss.family != "two_stage":
+            raise ValueError(f"{type(cls_loss).__name__} is a {cls_loss.family} loss, not a two-stage one")
         if cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss has {cls_loss.num_classes} classes, the predictor {self.num_classes}")
-        if use_image_labels and "image_label_mask" not in inspect.signature(cls_loss.forward).parameters:
-            raise ValueError(f"use_image_labels needs a loss that takes image_label_mask, got {type(cls_loss).__name__}")
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"prior_prob (LTDET.CLS_LOSS.PRIOR_PROB) must be in (0, 1), got {prior_prob}")
         self.cls_loss = cls_loss
         self.prior_prob = float(prior_prob)
-        self.use_image_labels = bool(use_image_labels)
         self._init_prior_bias()
 
     @classmethod
-    def from_config(cls, cfg, input_shape, category_stats=None):
+    def from_config(cls, cfg, input_shape, priors=None):
         ret = super().from_config(cfg, input_shape)
         ret.update(
             {
-                "cls_loss": build_roi_classification_loss(cfg, ret["num_classes"], category_stats),
+                "cls_loss": build_roi_classification_loss(cfg, ret["num_classes"], priors),
                 "prior_prob": cfg.LTDET.CLS_LOSS.PRIOR_PROB,
-                "use_image_labels": cfg.LTDET.CLS_LOSS.NAME == "eql" and cfg.LTDET.EQL.USE_IMAGE_LABELS,
             }
         )
         return ret
@@ -156,77 +139,77 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     def _init_prior_bias(self):
         """Set the bias of the sigmoid columns to -log((1 - π) / π), π = ``prior_prob``."""
         bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
-        if self.cls_loss.uses_sigmoid:
+        if self.cls_loss.activation == "sigmoid":
             self.cls_score.bias.fill_(bias)
         elif self.cls_loss.objectness:
             self.cls_score.bias[self.num_classes] = bias
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
-        """detectron2's losses with ``loss_cls`` replaced by ``self.cls_loss``.
+        """``loss_cls`` from ``self.cls_loss`` and detectron2's ``loss_box_reg``.
 
         Args:
             predictions: (scores Tensor[N, K], deltas Tensor[N, C*4 or 4]).
             proposals: per-image sampled proposals with ``gt_classes`` (and
-                ``gt_boxes``; ``gt_image_labels`` BoolTensor[R_i, C] for EQL).
+                ``gt_boxes``; ``gt_image_labels`` BoolTensor[R_i, C] for a loss
+                that takes image-level labels).
         Returns:
-            dict with ``loss_cls`` and ``loss_box_reg``.
+            dict with ``loss_cls`` and ``loss_box_reg``, times ``loss_weight``.
         """
-        # The parent computes box regression and logs fast_rcnn/cls_accuracy; its
-        # softmax term is replaced (not back-propagated, freed with its graph).
-        losses = super().losses(predictions, proposals)
-        loss_cls = self.classification_loss(predictions[0], proposals)
-        losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
-        return losses
+        scores, deltas = predictions
+        if proposals:
+            gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            # proposals without gt_boxes are all background: their boxes get no loss
+            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
+        else:
+            gt_classes = torch.zeros(0, dtype=torch.long, device=scores.device)
+            proposal_boxes = gt_boxes = torch.zeros((0, 4), device=deltas.device)
+        _log_classification_stats(self.cls_loss.get_probs(scores.detach()), gt_classes)
+        losses = {
+            "loss_cls": self.classification_loss(scores, gt_classes, proposals),
+            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, deltas, gt_classes),
+        }
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
-    def classification_loss(self, scores: torch.Tensor, proposals: List[Instances]) -> torch.Tensor:
-        """``self.cls_loss`` over the sampled proposals, ignored ones (label -1) dropped.
+    def classification_loss(
+        self, scores: torch.Tensor, gt_classes: torch.Tensor, proposals: List[Instances]
+    ) -> torch.Tensor:
+        """``self.cls_loss`` over the sampled proposals, with the inputs its contract asks for.
 
         Args:
             scores: Tensor[N, K] classification logits.
+            gt_classes: LongTensor[N] in 0..C.
             proposals: as in :meth:`losses`.
         Returns:
             scalar Tensor; 0 (connected to ``scores``) when N = 0.
         """
-        if proposals:
-            gt_classes = cat([p.gt_classes for p in proposals], dim=0)
-        else:
-            gt_classes = torch.zeros(0, dtype=torch.long, device=scores.device)
         kwargs = {}
-        if self.use_image_labels:
-            mask = self._image_label_mask(proposals, gt_classes)
-            if mask is not None:
-                kwargs["image_label_mask"] = mask
-        valid = gt_classes >= 0
-        if not bool(valid.all()):
-            scores, gt_classes = scores[valid], gt_classes[valid]
-            kwargs = {k: v[valid] for k, v in kwargs.items()}
+        if "image_label_mask" in self.cls_loss.extra_inputs:
+            kwargs["image_label_mask"] = self._image_label_mask(proposals, gt_classes)
         return self.cls_loss(scores, gt_classes, **kwargs)
 
-    def _image_label_mask(self, proposals: List[Instances], gt_classes: torch.Tensor) -> Optional[torch.Tensor]:
-        """BoolTensor[N, C]: the image-level labels of each proposal's image, or None.
+    def _image_label_mask(self, proposals: List[Instances], gt_classes: torch.Tensor) -> torch.Tensor:
+        """BoolTensor[N, C]: the image-level labels of each proposal's image.
 
         Images without ground truth carry no ``gt_image_labels``: all their
         proposals are background, where EQL ignores nothing (E(r) = 0), so an
         all-False row is exact for them.
         """
-        if not any(p.has("gt_image_labels") for p in proposals):
+        if proposals and not any(p.has("gt_image_labels") for p in proposals):
             if bool((gt_classes < self.num_classes).any()):
-                log_first_n(
-                    logging.WARNING,
-                    "EQL image-level labels are on (LTDET.EQL.USE_IMAGE_LABELS) but the proposals "
-                    "carry no gt_image_labels; use MODEL.META_ARCHITECTURE 'ImageLabelRCNN'.",
-                    n=1,
+                raise RuntimeError(
+                    "the loss takes image-level labels but the proposals carry no gt_image_labels; "
+                    "use MODEL.META_ARCHITECTURE 'ImageLabelRCNN'"
                 )
-            return None
-        return cat(
-            [
-                p.gt_image_labels
-                if p.has("gt_image_labels")
-                else torch.zeros(len(p), self.num_classes, dtype=torch.bool, device=gt_classes.device)
-                for p in proposals
-            ],
-            dim=0,
-        )
+        rows = [
+            p.gt_image_labels
+            if p.has("gt_image_labels")
+            else torch.zeros(len(p), self.num_classes, dtype=torch.bool, device=gt_classes.device)
+            for p in proposals
+        ]
+        if not rows:
+            return torch.zeros(0, self.num_classes, dtype=torch.bool, device=gt_classes.device)
+        return cat(rows, dim=0)
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]

@@ -11,7 +11,7 @@ from typing import List
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Instances
 
-from .fast_rcnn import LOSSES_WITH_PRIORS, LongTailFastRCNNOutputLayers, load_category_stats
+from .fast_rcnn import LongTailFastRCNNOutputLayers, roi_loss_priors
 
 __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
 
@@ -43,14 +43,14 @@ class LongTailCascadeROIHeads(CascadeROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        stats = load_category_stats(cfg) if cfg.LTDET.CLS_LOSS.NAME in LOSSES_WITH_PRIORS else None
+        priors = roi_loss_priors(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         ret.update(
             box_predictors=[
                 LongTailFastRCNNOutputLayers(
                     cfg,
                     head.output_shape,
                     box2box_transform=plain.box2box_transform,
-                    category_stats=stats,
+                    priors=priors,
                 )
                 for head, plain in zip(ret["box_heads"], ret["box_predictors"])
             ]
