@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Long-tail study: every ltdet method on the synthetic dataset, same schedule and seeds.
 
-Trains each two-stage method (``configs/synthetic/faster_rcnn_{softmax,sigmoid,eql,eqlv2,acsl,seesaw}.yaml``)
-and each dense method (``configs/synthetic/atss_{focal,efl,eqfl,eqlv2_focal}.yaml``) with ``train_net.py``
+Trains each registered two-stage loss with its ``configs/synthetic/faster_rcnn_<loss>.yaml`` and each
+dense loss with its ``configs/synthetic/atss_<loss>.yaml`` (the list comes from ltdet's loss registry) with ``train_net.py``
 once per seed (``--jobs`` subprocesses at a time, each with ``OMP_NUM_THREADS`` = cores / jobs),
 then reads the last evaluation of each run's ``metrics.json`` (bbox AP, AP50, APr, APc, APf, AP1..AP5)
 and writes, under ``--out``:
@@ -33,11 +33,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+import ltdet  # noqa: F401,E402  (registers the losses)
+from ltdet.losses import LOSS_REGISTRY  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWO_STAGE = ("softmax", "sigmoid", "eql", "eqlv2", "acsl", "seesaw")
-DENSE = ("focal", "efl", "eqfl", "eqlv2_focal")
-METHODS = tuple(f"faster_rcnn_{m}" for m in TWO_STAGE) + tuple(f"atss_{m}" for m in DENSE)
+#: Config-name prefix of each loss family's synthetic detector.
+FAMILY_PREFIX = {"two_stage": "faster_rcnn", "dense": "atss"}
 METRICS = ("AP", "AP50", "APr", "APc", "APf", "AP1", "AP2", "AP3", "AP4", "AP5")
+
+
+def config_path(method):
+    return os.path.join(REPO, "configs", "synthetic", f"{method}.yaml")
+
+
+def study_methods():
+    """Every registered loss that has a synthetic config, two-stage first (``faster_rcnn_<loss>``, ``atss_<loss>``)."""
+    methods = [f"{prefix}_{name}" for family, prefix in FAMILY_PREFIX.items() for name in LOSS_REGISTRY.names(family)]
+    return tuple(m for m in methods if os.path.isfile(config_path(m)))
+
+
+METHODS = study_methods()
 
 
 def parse_args(argv=None):
@@ -72,10 +87,6 @@ def ensure_dataset():
         print(f"generating the synthetic dataset in {root}")
         generate(root)
     return len(read_lvis_categories(os.path.join(root, "train.json"))[0])
-
-
-def config_path(method):
-    return os.path.join(REPO, "configs", "synthetic", f"{method}.yaml")
 
 
 def schedule_opts(method, max_iter):
@@ -183,7 +194,7 @@ def plot_grad_ratio(out, family, methods, seed):
     if not runs:
         return None
     path = os.path.join(out, f"grad_ratio_{family}.png")
-    labels = [m.split("_", 2)[-1] if m.startswith("faster_rcnn") else m.split("_", 1)[-1] for m, _ in runs]
+    labels = [next(m[len(p) + 1:] for p in FAMILY_PREFIX.values() if m.startswith(p + "_")) for m, _ in runs]
     cmd = [sys.executable, os.path.join(REPO, "tools", "plot_grad_ratio.py"), *[d for _, d in runs],
            "--labels", *labels, "--out", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -231,9 +242,8 @@ def main(argv=None):
                 runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
         results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs}
     table = summarize(results, args.methods)
-    figures = [plot_grad_ratio(out, "two_stage", [m for m in args.methods if m.startswith("faster_rcnn")],
-                               args.seeds[0]),
-               plot_grad_ratio(out, "dense", [m for m in args.methods if m.startswith("atss")], args.seeds[0])]
+    figures = [plot_grad_ratio(out, family, [m for m in args.methods if m.startswith(prefix + "_")], args.seeds[0])
+               for family, prefix in FAMILY_PREFIX.items()]
     settings = {"seeds": args.seeds, "max_iter": args.max_iter, "device": args.device, "opts": args.opts,
                 "num_classes": num_classes, "command": " ".join(sys.argv)}
     with open(os.path.join(out, "results.json"), "w") as f:

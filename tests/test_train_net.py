@@ -22,11 +22,14 @@ def tiny_datasets(tmp_path_factory):
     return str(root)
 
 
-def run_train_net(datasets_root, *args):
+def run_train_net(datasets_root, *args, expect_failure=False):
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root)
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    if expect_failure:
+        assert out.returncode != 0, out.stdout[-3000:] + out.stderr[-3000:]
+    else:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out.stdout + out.stderr
 
 
@@ -62,11 +65,31 @@ def test_train_evaluate_resume_eval_only(tiny_datasets, tmp_path):
     assert max(iters) == 4, "resumed run continues to MAX_ITER"
     assert "Loading from" in log or "Resuming" in log or "resume" in log.lower()
 
+    weights = os.path.join(out_dir, "model_final.pth")
     log = run_train_net(
         tiny_datasets, "--config-file", config, "--eval-only",
-        "MODEL.WEIGHTS", os.path.join(out_dir, "model_final.pth"), *tiny_opts(str(tmp_path / "eval"), 1),
+        "MODEL.WEIGHTS", weights, *tiny_opts(str(tmp_path / "eval"), 1),
     )
     assert "APr" in log and "APc" in log
+
+    # EQLv2 weights evaluated with the softmax config: refused, naming both (AP 15.9 instead of 55.3 before)
+    softmax = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_softmax.yaml")
+    log = run_train_net(
+        tiny_datasets, "--config-file", softmax, "--eval-only",
+        "MODEL.WEIGHTS", weights, *tiny_opts(str(tmp_path / "mismatch"), 1), expect_failure=True,
+    )
+    assert "CheckpointMismatchError" in log and "loss 'eqlv2'" in log and "loss 'softmax'" in log
+    assert "LTDET.CHECKPOINT.ALLOW_MISMATCH" in log
+
+    # a truncated checkpoint is named instead of a bare EOFError
+    truncated = os.path.join(str(tmp_path), "truncated.pth")
+    with open(weights, "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:1000])
+    log = run_train_net(
+        tiny_datasets, "--config-file", config, "--eval-only",
+        "MODEL.WEIGHTS", truncated, *tiny_opts(str(tmp_path / "truncated"), 1), expect_failure=True,
+    )
+    assert f"cannot read checkpoint {truncated} (1000 bytes)" in log
 
 
 # ------------------------------------------------------------------ exact resume
