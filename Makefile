@@ -11,9 +11,9 @@ SEED ?= 0
 
 setup: $(STAMP)
 
-# torch/torchvision first (from the local wheels), then detectron2's Python sources
-# when no detectron2 is importable, then ltdet in editable mode.
-$(STAMP): setup.py tools/install_detectron2.py
+# torch/torchvision first (from the local wheels), then detectron2's Python sources with
+# the ops stand-in when no detectron2 is importable, then ltdet in editable mode.
+$(STAMP): setup.py tools/install_detectron2.py ltdet/compat/detectron2_c_stub.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip<26" "setuptools<81" wheel
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy>=1.21,<1.24" "Pillow>=8,<10"

@@ -26,6 +26,7 @@ from tabulate import tabulate
 from ltdet import add_ltdet_config
 from ltdet.data import get_category_stats, group_names
 from ltdet.data.custom import register_dataset
+from ltdet.data.datasets import read_json_summary
 from ltdet.evaluation import split_frequency_groups
 
 _CLI_NAME = "category_stats_cli"
@@ -36,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("dataset", nargs="?", help="registered dataset name (e.g. lvis_v1_train)")
     parser.add_argument("--json", help="a COCO- or LVIS-format json instead of a registered name")
     parser.add_argument("--format", choices=("auto", "coco", "lvis"), default="auto",
-                        help="format of --json (default: %(default)s, see _json_format)")
+                        help="format of --json (default: %(default)s: lvis for LVIS-style jsons, else coco)")
     parser.add_argument("--config-file", help="config whose LTDET.DATASETS.REGISTER entries to register first")
     parser.add_argument("--out", help="write the statistics to this json file")
     parser.add_argument("--rare-max", type=int, default=None,
@@ -48,15 +49,6 @@ def parse_args(argv=None):
     if (args.dataset is None) == (args.json is None):
         parser.error("give either a dataset name or --json FILE")
     return args
-
-
-def _json_format(json_file):
-    """"lvis" for LVIS-style jsons (images with coco_url and image-level labels, category ids 1..C)."""
-    with open(json_file) as f:
-        data = json.load(f)
-    images, ids = data.get("images", []), sorted(c["id"] for c in data.get("categories", []))
-    lvis_images = images and all("coco_url" in im and "neg_category_ids" in im for im in images)
-    return "lvis" if lvis_images and ids == list(range(1, len(ids) + 1)) else "coco"
 
 
 def category_report(dataset_name, rare_max=10, common_max=100):
@@ -144,7 +136,7 @@ def main(argv=None):
     if args.json:
         if not os.path.isfile(args.json):
             raise FileNotFoundError(f"json file not found: {args.json}")
-        fmt = _json_format(args.json) if args.format == "auto" else args.format
+        fmt = ("lvis" if read_json_summary(args.json)["lvis_format"] else "coco") if args.format == "auto" else args.format
         name = _CLI_NAME
         register_dataset(name, fmt, args.json, os.path.dirname(os.path.abspath(args.json)))
     report = category_report(name, rare_max, common_max)

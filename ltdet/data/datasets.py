@@ -29,6 +29,7 @@ __all__ = [
     "drop_invalid_boxes",
     "invalid_box_annotations",
     "load_lvis_format_json",
+    "read_json_summary",
     "read_lvis_categories",
     "register_lvis_format_dataset",
     "register_synthetic",
@@ -41,28 +42,41 @@ _IMAGE_LEVEL_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
 @functools.lru_cache(maxsize=16)
-def _read_categories(path, mtime_ns, size):
+def _read_summary(path, mtime_ns, size):
     with open(path) as f:
         data = json.load(f)
-    categories = tuple(sorted(data["categories"], key=lambda c: c["id"]))
-    return categories, len(data["images"])
+    images = data["images"]
+    ids = sorted(c["id"] for c in data["categories"])
+    lvis_images = bool(images) and all("coco_url" in im and "neg_category_ids" in im for im in images)
+    return {
+        "categories": tuple(sorted(data["categories"], key=lambda c: c["id"])),
+        "num_images": len(images),
+        # LVIS style: images with coco_url and image-level labels, category ids 1..C
+        "lvis_format": lvis_images and ids == list(range(1, len(ids) + 1)),
+    }
 
 
-def read_lvis_categories(json_file):
-    """Categories (sorted by id) and number of images of an LVIS-format json.
+def read_json_summary(json_file):
+    """Categories (sorted by id), number of images and whether a COCO/LVIS json is LVIS-style.
 
-    Cached while the file is unchanged, so the loader and ``get_category_stats``
-    parse a large json once for this purpose.
+    Cached while the file is unchanged, so the loader, ``get_category_stats``
+    and the tools parse a large json once for this purpose.
 
     Args:
         json_file (str): path to the json.
 
     Returns:
-        tuple: (tuple[dict] categories sorted by id, int number of images).
+        dict: ``categories`` (tuple[dict]), ``num_images`` (int), ``lvis_format`` (bool).
     """
     path = os.path.realpath(json_file)
     stat = os.stat(path)
-    return _read_categories(path, stat.st_mtime_ns, stat.st_size)
+    return _read_summary(path, stat.st_mtime_ns, stat.st_size)
+
+
+def read_lvis_categories(json_file):
+    """(categories sorted by id, number of images) of a json (see ``read_json_summary``)."""
+    summary = read_json_summary(json_file)
+    return summary["categories"], summary["num_images"]
 
 
 def invalid_box_annotations(annotations):

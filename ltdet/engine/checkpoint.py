@@ -107,6 +107,15 @@ class LongTailCheckpointer(DetectionCheckpointer):
         for fn in self._save_callbacks:
             fn(path, kwargs)
 
+    def load(self, path: str, *args, **kwargs):
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # detectron2 after 0.6 keeps the URL being loaded and asserts it is unset on the
+            # next load, but does not unset it when a load raises
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+
     def resume_or_load(self, path: str, *, resume: bool = True):
         self._strict_now = self.strict or (resume and self.has_checkpoint())
         try:

@@ -114,6 +114,15 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
+        # detectron2 after 0.6 has its own sigmoid CE / federated loss switches, which this
+        # predictor's classification loss would silently replace
+        for attr, key in (("use_sigmoid_ce", "USE_SIGMOID_CE"), ("use_fed_loss", "USE_FED_LOSS")):
+            if getattr(self, attr, False):
+                raise ValueError(
+                    f"MODEL.ROI_BOX_HEAD.{key} selects detectron2's own classification loss, which "
+                    "LongTailFastRCNNOutputLayers replaces by LTDET.CLS_LOSS.NAME; leave it False and "
+                    "choose the loss there"
+                )
         if cls_loss.family != "two_stage":
             raise ValueError(f"{type(cls_loss).__name__} is a {cls_loss.family} loss, not a two-stage one")
         if cls_loss.num_classes != self.num_classes:
