@@ -239,7 +239,9 @@ def test_category_stats_tool(tiny, tmp_path, capsys):
         with open(out) as f:
             reports[fmt] = json.load(f)
         assert "frequency group" in capsys.readouterr().out
-    assert tool._json_format(paths["train"]) == "lvis" and tool._json_format(paths["coco_train"]) == "coco"
+    from ltdet.data.datasets import read_json_summary
+
+    assert read_json_summary(paths["train"])["lvis_format"] and not read_json_summary(paths["coco_train"])["lvis_format"]
     lvis, coco = reports["train"], reports["coco_train"]
     assert (lvis["source"], coco["source"]) == ("json", "dicts")
     assert lvis["image_count"] == coco["image_count"][::-1]
