@@ -271,8 +271,8 @@ def test_non_finite_statistics_never_stop_training(caplog):
     trainer, _ = make_trainer(model)
     hook = make_hook(model, period=1)
     stats = model.cls_loss.grad_stats
-    # class 2: a finite float64 ratio (1e39) that is inf as float32
-    stats.pos_grad.copy_(torch.tensor([1.0, float("inf"), 1e39, 2.0, 0.0, float("nan")], dtype=torch.float64))
+    # class 2: a finite float64 ratio (~1e44) that is inf as float32
+    stats.pos_grad.copy_(torch.tensor([1.0, float("inf"), 1e45, 2.0, 0.0, float("nan")], dtype=torch.float64))
     stats.neg_grad.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
     trainer.register_hooks([hook])
     with caplog.at_level("WARNING", logger="ltdet.engine.grad_ratio_hook"):

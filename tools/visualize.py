@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from ltdet.engine import build_config
+from ltdet.engine import LongTailTrainer, build_config
 
 logger = logging.getLogger("ltdet.visualize")
 
@@ -49,6 +49,15 @@ def parse_args(argv=None):
 def setup(args):
     """The frozen config (``train_net.py``'s setup for an evaluation-only run)."""
     return build_config(args.config_file, args.opts, eval_only=True)
+
+
+def weightless(cfg):
+    """``cfg`` without MODEL.WEIGHTS (they are loaded by ltdet's checking checkpointer)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg
 
 
 def draw(record, predictions, metadata, score_thresh, scale=None):
@@ -86,7 +95,9 @@ def main(argv=None):
     metadata = MetadataCatalog.get(dataset)
     out_dir = args.out or os.path.join(cfg.OUTPUT_DIR, "visualize")
     os.makedirs(out_dir, exist_ok=True)
-    predictor = DefaultPredictor(cfg)
+    predictor = DefaultPredictor(weightless(cfg))
+    # weights checked against the config's model, as train_net.py --eval-only does
+    LongTailTrainer.build_checkpointer(cfg, predictor.model, strict=True).load(cfg.MODEL.WEIGHTS)
     paths = []
     for record in records:
         predictions = predictor(read_image(record["file_name"], format=cfg.INPUT.FORMAT))
