@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Long-tail study: every ltdet method on the synthetic dataset, same schedule and seeds.
 
-Trains each registered two-stage loss with its ``configs/synthetic/faster_rcnn_<loss>.yaml`` and each
-dense loss with its ``configs/synthetic/atss_<loss>.yaml`` (the list comes from ltdet's loss registry) with ``train_net.py``
+Trains every synthetic method config (``configs/synthetic/faster_rcnn_*.yaml``, ``atss_*.yaml``: one per
+registered loss, plus the decoupled ones) with ``train_net.py``
 once per seed (``--jobs`` subprocesses at a time, each with ``OMP_NUM_THREADS`` = cores / jobs),
 then reads the last evaluation of each run's ``metrics.json`` (bbox AP, AP50, APr, APc, APf, AP1..AP5)
 and writes, under ``--out``:
@@ -11,6 +11,10 @@ and writes, under ``--out``:
 - ``grad_ratio_two_stage.png`` / ``grad_ratio_dense.png``: ``tools/plot_grad_ratio.py`` overlays of the
   first seed's runs;
 - ``<method>/seed<k>/``: the runs (``stdout.log`` holds train_net's output).
+
+Decoupled methods (ACSL's fine-tune, cRT) start from another method's model: their config's
+``MODEL.WEIGHTS`` is ``output/synthetic/<baseline>/model_final.pth``; the study trains that baseline first
+and points each seed's second stage at the same seed's baseline run.
 
 Resumable: a run whose ``metrics.json`` already holds the final evaluation is skipped, an unfinished one
 continues from its last checkpoint (``--resume``). The synthetic dataset is generated (default parameters)
@@ -25,6 +29,7 @@ Examples:
         --out /tmp/smoke SOLVER.IMS_PER_BATCH 2
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -47,9 +52,36 @@ def config_path(method):
 
 
 def study_methods():
-    """Every registered loss that has a synthetic config, two-stage first (``faster_rcnn_<loss>``, ``atss_<loss>``)."""
-    methods = [f"{prefix}_{name}" for family, prefix in FAMILY_PREFIX.items() for name in LOSS_REGISTRY.names(family)]
-    return tuple(m for m in methods if os.path.isfile(config_path(m)))
+    """The synthetic method configs: one per registered loss (registry order, two-stage first), then the
+    other ``faster_rcnn_*`` / ``atss_*`` configs (decoupled training)."""
+    per_loss = [f"{prefix}_{name}" for family, prefix in FAMILY_PREFIX.items() for name in LOSS_REGISTRY.names(family)]
+    per_loss = [m for m in per_loss if os.path.isfile(config_path(m))]
+    others = sorted(
+        os.path.splitext(os.path.basename(p))[0]
+        for prefix in FAMILY_PREFIX.values()
+        for p in glob.glob(os.path.join(REPO, "configs", "synthetic", f"{prefix}_*.yaml"))
+    )
+    return tuple(per_loss + [m for m in others if m not in per_loss])
+
+
+def baseline_of(method):
+    """The method whose ``model_final.pth`` the config starts from (decoupled training), or None."""
+    weights = load_method_config(method).MODEL.WEIGHTS
+    parts = os.path.normpath(weights).split(os.sep)
+    if parts[:2] == ["output", "synthetic"] and len(parts) == 4 and parts[3] == "model_final.pth":
+        return parts[2]
+    return None
+
+
+def load_method_config(method):
+    from detectron2.config import get_cfg
+
+    from ltdet import add_ltdet_config
+
+    cfg = get_cfg()
+    add_ltdet_config(cfg)
+    cfg.merge_from_file(config_path(method))
+    return cfg
 
 
 METHODS = study_methods()
@@ -93,13 +125,7 @@ def schedule_opts(method, max_iter):
     """``SOLVER.*`` overrides that scale the config's schedule to ``max_iter`` iterations."""
     if max_iter is None:
         return []
-    from detectron2.config import get_cfg
-
-    from ltdet import add_ltdet_config
-
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(config_path(method))
+    cfg = load_method_config(method)
     scale = max_iter / cfg.SOLVER.MAX_ITER
     steps = sorted({round(s * scale) for s in cfg.SOLVER.STEPS} & set(range(1, max_iter)))
     return [
@@ -141,14 +167,7 @@ def final_metrics(run_dir, max_iter):
 def run_max_iter(method, max_iter):
     if max_iter is not None:
         return max_iter
-    from detectron2.config import get_cfg
-
-    from ltdet import add_ltdet_config
-
-    cfg = get_cfg()
-    add_ltdet_config(cfg)
-    cfg.merge_from_file(config_path(method))
-    return cfg.SOLVER.MAX_ITER
+    return load_method_config(method).SOLVER.MAX_ITER
 
 
 def train(job):
@@ -187,6 +206,11 @@ def summarize(results, methods):
     return "\n".join(lines)
 
 
+def method_label(method):
+    """The method name without its detector prefix (``faster_rcnn_eqlv2`` -> ``eqlv2``)."""
+    return next(method[len(p) + 1:] for p in FAMILY_PREFIX.values() if method.startswith(p + "_"))
+
+
 def plot_grad_ratio(out, family, methods, seed):
     """Overlay the ``grad_stats.json`` of the given methods' runs for ``seed``."""
     runs = [(m, os.path.join(out, m, f"seed{seed}")) for m in methods]
@@ -194,7 +218,7 @@ def plot_grad_ratio(out, family, methods, seed):
     if not runs:
         return None
     path = os.path.join(out, f"grad_ratio_{family}.png")
-    labels = [next(m[len(p) + 1:] for p in FAMILY_PREFIX.values() if m.startswith(p + "_")) for m, _ in runs]
+    labels = [method_label(m) for m, _ in runs]
     cmd = [sys.executable, os.path.join(REPO, "tools", "plot_grad_ratio.py"), *[d for _, d in runs],
            "--labels", *labels, "--out", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -213,7 +237,11 @@ def main(argv=None):
     common = ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "MODEL.LTDET_DENSE.NUM_CLASSES", str(num_classes)]
     if args.device:
         common += ["MODEL.DEVICE", args.device]
-    max_iters, jobs = {}, []
+    baselines = {m: baseline_of(m) for m in args.methods}
+    missing = sorted({b for b in baselines.values() if b and b not in args.methods})
+    if missing:
+        raise SystemExit(f"decoupled methods need their first stage in --methods too: {missing}")
+    max_iters, waves = {}, ([], [])
     for method in args.methods:
         max_iters[method] = run_max_iter(method, args.max_iter)
         schedule = schedule_opts(method, args.max_iter)
@@ -222,16 +250,23 @@ def main(argv=None):
             if final_metrics(run_dir, max_iters[method]) is not None:
                 print(f"skip (finished): {method} seed {seed}")
                 continue
+            stage = []
+            if baselines[method]:
+                stage = ["MODEL.WEIGHTS", os.path.join(out, baselines[method], f"seed{seed}", "model_final.pth")]
             cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method),
-                   "--resume", *common, *schedule, "SEED", str(seed), "OUTPUT_DIR", run_dir, *args.opts]
-            jobs.append((method, seed, run_dir, cmd, env))
-    print(f"{len(jobs)} runs to train, {args.jobs} at a time, OMP_NUM_THREADS={threads}", flush=True)
+                   "--resume", *common, *schedule, *stage, "SEED", str(seed), "OUTPUT_DIR", run_dir, *args.opts]
+            waves[bool(baselines[method])].append((method, seed, run_dir, cmd, env))
+    jobs = waves[0] + waves[1]
+    print(f"{len(jobs)} runs to train ({len(waves[1])} second stages after their baselines), {args.jobs} at a "
+          f"time, OMP_NUM_THREADS={threads}", flush=True)
     if args.dry_run:
         for job in jobs:
             print(" ".join(job[3]))
         return 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        failed = [(m, s) for m, s, code in pool.map(train, jobs) if code != 0]
+    failed = []
+    for wave in waves:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            failed += [(m, s) for m, s, code in pool.map(train, wave) if code != 0]
 
     results = {}
     for method in args.methods:

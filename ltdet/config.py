@@ -87,6 +87,15 @@ def add_ltdet_config(cfg):
     # Reset the statistics after loading MODEL.WEIGHTS for a new run (never on --resume).
     _C.LTDET.GRAD_STATS.RESET_ON_LOAD = False
 
+    # ------------------------------------------------------- decoupled training
+    # Regular expressions over model.named_parameters() names: when non-empty, only the matching
+    # parameters train; all others are frozen and frozen BatchNorm/Dropout leaves run in eval mode
+    # (ACSL Sec. 4.2: fine-tune the classifier of a trained baseline; cRT, EQLv2 Table 1 (f)).
+    _C.LTDET.TRAIN_ONLY = ()
+    # Regular expressions of parameters that a new run from MODEL.WEIGHTS keeps at their fresh
+    # initialisation instead of loading them (cRT re-trains a re-initialised classifier).
+    _C.LTDET.REINIT = ()
+
     # ------------------------------------------------------------- checkpoints
     _C.LTDET.CHECKPOINT = CN()
     # Evaluate (--eval-only) or resume a checkpoint whose meta-architecture or classification
@@ -136,8 +145,14 @@ def add_ltdet_config(cfg):
     _C.MODEL.LTDET_DENSE.QUALITY = "centerness"
     # (w_x, w_y, w_w, w_h) of the anchor box deltas, i.e. 1 / target std (0.1, 0.1, 0.2, 0.2).
     _C.MODEL.LTDET_DENSE.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-    # Weight of the GIoU box loss (ATSS: 2.0).
+    # Weight of the GIoU box loss (ATSS: 2.0; EOD's EFL configs: 1.0).
     _C.MODEL.LTDET_DENSE.REG_LOSS_WEIGHT = 2.0
+    # "none": sum of GIoU losses / normaliser (ATSS); "iou": each positive's GIoU loss weighted by its
+    # IoU target and divided by the sum of IoU targets (EOD's EFL configs, iou_loss with weights).
+    _C.MODEL.LTDET_DENSE.BOX_LOSS_WEIGHTING = "none"
+    # EMA momentum of the positives count dividing the losses (detectron2 RetinaNet: 0.9; 0 = the
+    # batch's own count, as EOD and mmdetection).
+    _C.MODEL.LTDET_DENSE.NORMALIZER_MOMENTUM = 0.9
     # Minimum score kept before NMS; 0 keeps every box (EFL Sec. 4.1: one-stage scores are low).
     _C.MODEL.LTDET_DENSE.SCORE_THRESH_TEST = 0.0
     # Highest-scoring (anchor, class) pairs kept per level before NMS.

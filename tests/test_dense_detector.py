@@ -291,7 +291,7 @@ def _num_pos_worker(rank, init_file, queue):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     mask = torch.zeros(10, dtype=torch.bool)
     mask[: 2 + 4 * rank] = True  # 2 positives on rank 0, 6 on rank 1
-    queue.put((rank, LongTailATSS._num_positives(None, mask)))
+    queue.put((rank, LongTailATSS._num_positives(mask)))
     dist.destroy_process_group()
 
 

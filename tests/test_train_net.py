@@ -125,7 +125,7 @@ def _assert_same_state(a, b, where=""):
 
 
 # one per kind of training state: EQLv2's statistics, Seesaw's counts, ACSL's generator, ATSS's EMA
-RESUME_CONFIGS = ["faster_rcnn_eqlv2.yaml", "faster_rcnn_seesaw.yaml", "faster_rcnn_acsl.yaml", "atss_efl.yaml"]
+RESUME_CONFIGS = ["faster_rcnn_eqlv2.yaml", "faster_rcnn_seesaw.yaml", "faster_rcnn_acsl_end2end.yaml", "atss_efl.yaml"]
 
 
 @pytest.mark.parametrize("config_name", RESUME_CONFIGS)
@@ -157,3 +157,41 @@ def test_resume_through_train_net_is_exact(tiny_datasets, tmp_path, config_name)
     assert stats, "the run has training state besides the weights"
     with open(os.path.join(straight, "grad_stats.json")) as f, open(os.path.join(stopped, "grad_stats.json")) as g:
         assert json.load(f)["stats"] == json.load(g)["stats"]
+
+
+# ------------------------------------------------------------------ decoupled training
+CLASSIFIER = "roi_heads.box_predictor.cls_score."
+
+
+def test_fine_tune_changes_only_the_classifier(tiny_datasets, tmp_path):
+    """ACSL's protocol: stage 2 trains cls_score alone; every other tensor, BN buffers included, is unchanged."""
+    softmax = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_softmax.yaml")
+    stage1 = str(tmp_path / "stage1")
+    run_train_net(tiny_datasets, "--config-file", softmax, *_no_eval_opts(stage1, 3, softmax))
+    weights = os.path.join(stage1, "model_final.pth")
+
+    acsl = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_acsl.yaml")
+    stage2 = str(tmp_path / "acsl")
+    log = run_train_net(tiny_datasets, "--config-file", acsl, "MODEL.WEIGHTS", weights, *_no_eval_opts(stage2, 3, acsl))
+    assert "LTDET.TRAIN_ONLY" in log and "'roi_heads.box_predictor.cls_score.bias'" in log
+    before, after = _load(weights)["model"], _load(os.path.join(stage2, "model_final.pth"))["model"]
+    changed = sorted(k for k in before if not k.startswith("roi_heads.box_predictor.cls_loss.")
+                     and not torch_equal(before[k], after[k]))
+    assert changed == [CLASSIFIER + "bias", CLASSIFIER + "weight"]
+    assert any("running_mean" in k for k in before), "the synthetic backbone has BatchNorm buffers"
+
+    # cRT: the classifier is re-initialised, not loaded (with lr 0 it stays at its initialisation)
+    crt = os.path.join(REPO, "configs", "synthetic", "faster_rcnn_crt.yaml")
+    stage2 = str(tmp_path / "crt")
+    run_train_net(tiny_datasets, "--config-file", crt, "MODEL.WEIGHTS", weights, "SOLVER.BASE_LR", "0.0",
+                  *_no_eval_opts(stage2, 2, crt))
+    after = _load(os.path.join(stage2, "model_final.pth"))["model"]
+    assert float(after[CLASSIFIER + "bias"].abs().max()) == 0.0 != float(before[CLASSIFIER + "bias"].abs().max())
+    assert 0.005 < float(after[CLASSIFIER + "weight"].std()) < 0.02  # detectron2's normal(std=0.01) init
+    assert torch_equal(after["roi_heads.box_predictor.bbox_pred.weight"], before["roi_heads.box_predictor.bbox_pred.weight"])
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

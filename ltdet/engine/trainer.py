@@ -10,7 +10,9 @@ On top of ``DefaultTrainer`` (model, optimizer, scheduler, hooks, launcher):
   ``DefaultTrainer`` saves none; newer detectron2 does, and is left to do it),
   every process's RNG states (``RNGStateHook``) and the data seed, and the
   training loader (``ResumableTrainLoader``) restarts at the resumed iteration;
-* atomic checkpoints that record the model's identity (``LongTailCheckpointer``).
+* atomic checkpoints that record the model's identity (``LongTailCheckpointer``);
+* decoupled training (``LTDET.TRAIN_ONLY``, ``LTDET.REINIT``, ``decoupled.py``) and
+  gradient clipping over the whole model (``CLIP_TYPE "full_model"``, ``optimizer.py``).
 """
 import logging
 import os
@@ -24,9 +26,11 @@ from ltdet.data.train_loader import NamedFileMapper, build_resumable_train_loade
 from ltdet.evaluation import build_ltdet_evaluator
 
 from .checkpoint import LongTailCheckpointer, model_identity
+from .decoupled import restore_parameters, snapshot_parameters, train_only
 from .defaults import insert_before
 from .grad_ratio_hook import build_grad_ratio_hook
 from .grad_stats_file import write_grad_stats
+from .optimizer import build_optimizer
 from .rng_state import RNGStateHook, preserved_rng_state
 
 __all__ = ["LongTailTrainer"]
@@ -46,6 +50,16 @@ class LongTailTrainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return build_ltdet_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        train_only(model, cfg.LTDET.TRAIN_ONLY)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -109,5 +123,11 @@ class LongTailTrainer(DefaultTrainer):
             self._trainer.data_loader.load_state_dict(state_dict["data_loader"])
 
     def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        fresh = snapshot_parameters(self.checkpointer.model, self.cfg.LTDET.REINIT)
+        if self.cfg.LTDET.TRAIN_ONLY and not resuming and not self.cfg.MODEL.WEIGHTS:
+            logger.warning("LTDET.TRAIN_ONLY is set but MODEL.WEIGHTS is empty: fine-tuning an untrained model")
         super().resume_or_load(resume=resume)
+        if not resuming:
+            restore_parameters(self.checkpointer.model, fresh)
         self._trainer.data_loader.set_start_iter(self.start_iter)

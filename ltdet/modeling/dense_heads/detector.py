@@ -71,6 +71,8 @@ class LongTailATSS(FCOS):
         num_classes: int,
         quality: str = "iou",
         reg_loss_weight: float = 2.0,
+        box_loss_weighting: str = "none",
+        normalizer_momentum: float = 0.9,
         test_score_thresh: float = 0.0,
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
@@ -91,6 +93,12 @@ class LongTailATSS(FCOS):
             num_classes: C.
             quality: target of the quality branch, "iou" or "centerness".
             reg_loss_weight: weight of the GIoU loss.
+            box_loss_weighting: "none" (ATSS: sum of GIoU losses / normaliser) or "iou"
+                (EOD's EFL configs: each positive's GIoU loss weighted by its IoU
+                target, divided by the sum of IoU targets over all processes).
+            normalizer_momentum: EMA momentum of the number of positives that
+                divides the losses (detectron2's RetinaNet: 0.9; 0: the batch's own
+                count, as EOD and mmdetection).
             test_score_thresh: minimum score kept before NMS.
             test_topk_candidates: top-scoring (anchor, class) pairs kept per level.
             test_nms_thresh: IoU threshold of the class-wise NMS.
@@ -118,6 +126,12 @@ class LongTailATSS(FCOS):
         self.cls_loss = cls_loss
         self.quality = quality
         self.reg_loss_weight = float(reg_loss_weight)
+        if box_loss_weighting not in ("none", "iou"):
+            raise ValueError(f"MODEL.LTDET_DENSE.BOX_LOSS_WEIGHTING must be 'none' or 'iou', got {box_loss_weighting!r}")
+        if not 0.0 <= normalizer_momentum < 1.0:
+            raise ValueError(f"MODEL.LTDET_DENSE.NORMALIZER_MOMENTUM must be in [0, 1), got {normalizer_momentum}")
+        self.box_loss_weighting = box_loss_weighting
+        self.normalizer_momentum = float(normalizer_momentum)
 
     @classmethod
     def from_config(cls, cfg):
@@ -152,6 +166,8 @@ class LongTailATSS(FCOS):
             "num_classes": d.NUM_CLASSES,
             "quality": d.QUALITY,
             "reg_loss_weight": d.REG_LOSS_WEIGHT,
+            "box_loss_weighting": d.BOX_LOSS_WEIGHTING,
+            "normalizer_momentum": d.NORMALIZER_MOMENTUM,
             "test_score_thresh": d.SCORE_THRESH_TEST,
             "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": d.NMS_THRESH_TEST,
@@ -203,14 +219,20 @@ class LongTailATSS(FCOS):
             boxes.append(gt_per_image.gt_boxes.tensor[index])
         return labels, boxes
 
-    def _num_positives(self, pos_mask: Tensor) -> float:
+    @staticmethod
+    def _num_positives(pos_mask: Tensor) -> float:
         """Positives per process, averaged over all processes (an all-reduce)."""
-        num_pos = pos_mask.sum().to(torch.float32)
+        return LongTailATSS._process_mean(pos_mask.sum())
+
+    @staticmethod
+    def _process_mean(value: Tensor) -> float:
+        """``value`` averaged over all processes (an all-reduce)."""
+        value = value.detach().to(torch.float32).clone()
         world_size = comm.get_world_size()
         if world_size > 1:
-            dist.all_reduce(num_pos)
-            num_pos = num_pos / world_size
-        return num_pos.item()
+            dist.all_reduce(value)
+            value = value / world_size
+        return value.item()
 
     def losses(
         self,
@@ -239,7 +261,7 @@ class LongTailATSS(FCOS):
         pos_mask = labels != self.num_classes
         num_pos = self._num_positives(pos_mask)
         get_event_storage().put_scalar("num_pos_anchors", num_pos / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos, 1.0), 100)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos, 1.0), 100, momentum=self.normalizer_momentum)
 
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         anchor_index = pos_mask.nonzero()[:, 1]  # (P,)
@@ -248,7 +270,14 @@ class LongTailATSS(FCOS):
         )  # (P, 4)
         target_boxes = torch.stack(gt_boxes)[pos_mask]  # (P, 4)
         ious = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(target_boxes))  # (P,)
-        loss_box_reg = giou_loss(pred_boxes, target_boxes, reduction="sum")
+        if self.box_loss_weighting == "iou":
+            # EOD's get_weights_normalizer: max(sum of IoU targets over processes, 1) / processes
+            world = comm.get_world_size()
+            iou_normalizer = max(self._process_mean(ious.sum()) * world, 1.0) / world
+            per_box = giou_loss(pred_boxes, target_boxes, reduction="none")
+            loss_box_reg = (per_box * ious).sum() * (normalizer / iou_normalizer)
+        else:
+            loss_box_reg = giou_loss(pred_boxes, target_boxes, reduction="sum")
 
         if self.quality == "iou":
             quality_targets = ious
