@@ -27,6 +27,13 @@ def add_ltdet_config(cfg):
     # Prior probability used to initialise the bias of sigmoid classifiers (EQLv2 Sec. 4.2, EFL Sec. 4.1).
     _C.LTDET.CLS_LOSS.PRIOR_PROB = 0.001
 
+    _C.LTDET.CLASSIFIER = CN()
+    # Classifier of the box predictor: "linear" (detectron2's) or "cosine" (tau * cosine similarity + b,
+    # mmdetection's NormedLinear; Seesaw's and ECM's official configs).
+    _C.LTDET.CLASSIFIER.NAME = "linear"
+    # tau: temperature (scale) of the cosine classifier (Seesaw's configs: 20).
+    _C.LTDET.CLASSIFIER.SCALE = 20.0
+
     _C.LTDET.EQL = CN()
     # λ: frequency threshold of T_λ(f_j); 1.76e-3 on LVIS v0.5, 1.1e-3 on LVIS v1 (EQL Sec. 4).
     _C.LTDET.EQL.LAMBDA = 1.76e-3
@@ -112,6 +119,12 @@ def add_ltdet_config(cfg):
     _C.LTDET.DATASETS = CN()
     # Datasets to register at setup, one [name, format ("coco" | "lvis"), json_file, image_root] per entry.
     _C.LTDET.DATASETS.REGISTER = []
+
+    # -------------------------------------------------------------- evaluation
+    _C.LTDET.EVAL = CN()
+    # AP1..AP5 split the classes into five equal groups sorted by their training "image" count (EQL,
+    # Sec. 4.5) or "instance" count (EQLv2 Sec. 4.9 and EFL Sec. 4.5 on Open Images).
+    _C.LTDET.EVAL.FREQUENCY_GROUPS_BY = "image"
 
     # ------------------------------------------------------------ backbone
     _C.MODEL.TINY_RESNET = CN()

@@ -205,7 +205,10 @@ def test_category_stats_from_json_and_from_dicts(tiny, tmp_path):
         assert stats.image_count.tolist() == image_count.tolist()
         assert stats.instance_count.tolist() == instance_count.tolist()
         assert stats.num_images == len(data["images"]) and stats.num_classes == 9
-        assert torch.allclose(stats.image_freq, torch.tensor(image_count / 300.0).float())
+        annotated = len({a["image_id"] for a in data["annotations"]})
+        assert stats.num_annotated_images == annotated < 300, "the 1% empty images are not counted"
+        # EQL's f_j: the official code divides by the images with annotations
+        assert torch.allclose(stats.image_freq, torch.tensor(image_count / annotated).float())
         assert stats.groups.dtype == torch.long and stats.groups.tolist() == expected_groups
         assert stats.class_names == tuple(c["name"] for c in data["categories"])
         stats.image_count.zero_()

@@ -173,7 +173,10 @@ def test_every_used_key_reaches_the_constructor(name, monkeypatch):
 def test_prior_prob_is_rejected_without_sigmoid_columns():
     with pytest.raises(ValueError, match="PRIOR_PROB = 0.01 is not used by loss 'softmax'"):
         build("softmax", **{"LTDET.CLS_LOSS.PRIOR_PROB": 0.01})
-    build("seesaw", **{"LTDET.CLS_LOSS.PRIOR_PROB": 0.01})  # its objectness column is a sigmoid
+    # Seesaw's objectness column is a 2-way softmax (starts at p = 0.5), not a prior-initialised sigmoid
+    with pytest.raises(ValueError, match="PRIOR_PROB = 0.01 is not used by loss 'seesaw'"):
+        build("seesaw", **{"LTDET.CLS_LOSS.PRIOR_PROB": 0.01})
+    build("eqlv2", **{"LTDET.CLS_LOSS.PRIOR_PROB": 0.01})
 
 
 # -------------------------------------------------------------- value ranges

@@ -39,7 +39,8 @@ C = 5
 IMAGE_COUNTS = (2, 8, 15, 40, 150)
 TINY = "ltdet_test_roi_tiny"
 PRIOR_BIAS = -math.log((1 - 0.001) / 0.001)
-FREQ = torch.tensor(IMAGE_COUNTS, dtype=torch.float64) / 200
+# EQL's f_j = image_count / images with annotations (150 of the 200 images of the in-memory dataset)
+FREQ = torch.tensor(IMAGE_COUNTS, dtype=torch.float64) / 150
 GROUPS = torch.tensor([0, 0, 1, 1, 2])
 
 KWARG_LOSSES = {
@@ -124,9 +125,7 @@ def test_predictor_from_kwargs_shapes_and_prior_bias(loss):
     if loss in ("sigmoid", "eql", "eqlv2", "acsl"):
         assert torch.allclose(bias, torch.full((C + 1,), PRIOR_BIAS))
         assert torch.allclose(torch.sigmoid(bias), torch.full((C + 1,), 1e-3))
-    elif loss == "seesaw":
-        assert torch.allclose(bias[:C], torch.zeros(C)) and math.isclose(bias[C].item(), PRIOR_BIAS, rel_tol=1e-6)
-    else:
+    else:  # softmax CE; Seesaw's objectness column is a 2-way softmax starting at p_obj = 0.5
         assert torch.all(bias == 0)
 
 
@@ -157,7 +156,7 @@ def test_priors_come_from_the_training_set():
 
 def test_eql_logs_tail_ratio(caplog):
     cfg = base_cfg("eql")
-    cfg.LTDET.EQL.LAMBDA = 0.05
+    cfg.LTDET.EQL.LAMBDA = 0.06
     with caplog.at_level("INFO", logger="ltdet.losses.eql"):
         loss = build_roi_classification_loss(cfg, C)
     expected = (2 + 8) / sum(IMAGE_COUNTS)  # image-weighted share of the classes with f < λ
@@ -207,6 +206,20 @@ def test_empty_batch_losses_and_inference(loss):
     with EventStorage():
         losses = box_predictor.losses(predictions, proposals_with_labels([[0, 1, 5], [4, 5, 5]]))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_cosine_classifier_is_tau_times_cosine_plus_bias():
+    cfg = base_cfg("eqlv2")
+    cfg.LTDET.CLASSIFIER.NAME = "cosine"
+    box_predictor = LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    head = box_predictor.cls_score
+    x = torch.randn(5, 8) * 7
+    w = head.weight.detach()
+    expected = 20.0 * (x / (x.norm(dim=1, keepdim=True) + 1e-6)) @ (w / (w.norm(dim=1, keepdim=True) + 1e-6)).T
+    expected = expected + head.bias.detach()
+    torch.testing.assert_close(box_predictor(x)[0], expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(head.bias, torch.full((C + 1,), PRIOR_BIAS)), "the sigmoid prior still applies"
+    assert set(dict(box_predictor.named_parameters())) >= {"cls_score.weight", "cls_score.bias"}
 
 
 @pytest.mark.parametrize("loss", ["eqlv2", "sigmoid_obj", "eql_obj", "acsl_obj", "seesaw"])
@@ -416,7 +429,8 @@ def test_lvis_config_builds_on_cpu(path, monkeypatch):
                 build_roi_classification_loss(cfg, 1203)
         counts = torch.arange(1203) % 400 + 1
         stats = category_stats.CategoryStats(
-            image_count=counts, instance_count=counts, num_images=100_000, image_freq=counts / 100_000,
+            image_count=counts, instance_count=counts, num_images=100_000, num_annotated_images=99_000,
+            image_freq=counts / 99_000,
             groups=category_stats.assign_groups(counts), class_names=tuple(map(str, range(1203))), source="test",
         )
         monkeypatch.setattr(category_stats, "get_category_stats", lambda *args, **kwargs: stats)

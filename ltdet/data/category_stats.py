@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .datasets import read_lvis_categories
+from .datasets import read_json_summary
 
 __all__ = ["CategoryStats", "CategoryStatsError", "assign_groups", "clear_category_stats_cache",
            "get_category_stats", "group_names", "train_category_stats"]
@@ -42,7 +42,10 @@ class CategoryStats:
         image_count (LongTensor[C]): images with at least one instance of the class.
         instance_count (LongTensor[C]): annotated instances of the class.
         num_images (int): images in the dataset (including images without objects).
-        image_freq (FloatTensor[C]): image_count / num_images (EQL's f_j).
+        num_annotated_images (int): images with at least one (non-crowd) annotation.
+        image_freq (FloatTensor[C]): image_count / num_annotated_images (EQL's f_j; the
+            official EQL code divides by the images that have annotations:
+            ``len(set(a["image_id"] for a in annotations))``).
         groups (LongTensor[C]): 0 rare, 1 common, 2 frequent (see ``group_names``).
         class_names (tuple[str]): names in contiguous-id order.
         source (str): "json" (the json's counts) or "dicts" (computed).
@@ -51,6 +54,7 @@ class CategoryStats:
     image_count: torch.Tensor
     instance_count: torch.Tensor
     num_images: int
+    num_annotated_images: int
     image_freq: torch.Tensor
     groups: torch.Tensor
     class_names: Tuple[str, ...]
@@ -88,7 +92,8 @@ def _counts_from_json(meta):
     json_file = meta.get("json_file", None)
     if json_file is None:
         return None
-    categories, num_images = read_lvis_categories(json_file)
+    summary = read_json_summary(json_file)
+    categories = summary["categories"]
     if not all("image_count" in c and "instance_count" in c for c in categories):
         return None
     id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
@@ -102,7 +107,8 @@ def _counts_from_json(meta):
     names = [None] * len(categories)
     for c in categories:
         names[id_map[c["id"]]] = c["name"]
-    return image_count, instance_count, num_images, names, "json"
+    return dict(image_count=image_count, instance_count=instance_count, num_images=summary["num_images"],
+                num_annotated_images=summary["num_annotated_images"], names=names, source="json")
 
 
 def _counts_from_dicts(name, meta):
@@ -122,7 +128,8 @@ def _counts_from_dicts(name, meta):
         np.add.at(instance_count, ids, 1)
         image_count[sorted(set(ids))] += 1
     names = [str(i) for i in range(num_classes)]
-    return image_count, instance_count, len(dicts), names, "dicts"
+    return dict(image_count=image_count, instance_count=instance_count, num_images=len(dicts),
+                num_annotated_images=sum(1 for ids in per_image if ids), names=names, source="dicts")
 
 
 def get_category_stats(dataset_name, rare_max=10, common_max=100):
@@ -155,19 +162,20 @@ def get_category_stats(dataset_name, rare_max=10, common_max=100):
                 f"{type(e).__name__}: {e}. Set the dataset up as in datasets/README.md."
             ) from e
         thing_classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-        if thing_classes is not None and len(thing_classes) == len(counts[0]):
-            counts = counts[:3] + (list(thing_classes),) + counts[4:]
+        if thing_classes is not None and len(thing_classes) == len(counts["image_count"]):
+            counts["names"] = list(thing_classes)
         _CACHE[dataset_name] = counts
-    image_count, instance_count, num_images, names, source = _CACHE[dataset_name]
-    image_count = torch.as_tensor(image_count.copy())
+    counts = _CACHE[dataset_name]
+    image_count = torch.as_tensor(counts["image_count"].copy())
     return CategoryStats(
         image_count=image_count,
-        instance_count=torch.as_tensor(instance_count.copy()),
-        num_images=int(num_images),
-        image_freq=image_count.float() / max(int(num_images), 1),
+        instance_count=torch.as_tensor(counts["instance_count"].copy()),
+        num_images=int(counts["num_images"]),
+        num_annotated_images=int(counts["num_annotated_images"]),
+        image_freq=image_count.float() / max(int(counts["num_annotated_images"]), 1),
         groups=assign_groups(image_count, rare_max, common_max),
-        class_names=tuple(names),
-        source=source,
+        class_names=tuple(counts["names"]),
+        source=counts["source"],
     )
 
 

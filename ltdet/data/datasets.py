@@ -51,6 +51,7 @@ def _read_summary(path, mtime_ns, size):
     return {
         "categories": tuple(sorted(data["categories"], key=lambda c: c["id"])),
         "num_images": len(images),
+        "num_annotated_images": len({a["image_id"] for a in data.get("annotations", [])}),
         # LVIS style: images with coco_url and image-level labels, category ids 1..C
         "lvis_format": lvis_images and ids == list(range(1, len(ids) + 1)),
     }
@@ -66,7 +67,8 @@ def read_json_summary(json_file):
         json_file (str): path to the json.
 
     Returns:
-        dict: ``categories`` (tuple[dict]), ``num_images`` (int), ``lvis_format`` (bool).
+        dict: ``categories`` (tuple[dict]), ``num_images`` (int), ``num_annotated_images``
+        (int, images with at least one annotation), ``lvis_format`` (bool).
     """
     path = os.path.realpath(json_file)
     stat = os.stat(path)

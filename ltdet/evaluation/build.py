@@ -26,6 +26,7 @@ def build_ltdet_evaluator(cfg, dataset_name, output_folder=None):
         train_dataset=cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None,
         rare_max=cfg.LTDET.DATA.RARE_MAX_IMAGES,
         common_max=cfg.LTDET.DATA.COMMON_MAX_IMAGES,
+        groups_by=cfg.LTDET.EVAL.FREQUENCY_GROUPS_BY,
     )
     if evaluator_type == "lvis":
         return LVISGroupEvaluator(

@@ -79,35 +79,41 @@ class ClassGroups:
     Attributes:
         names (tuple[str]): metric names, e.g. ("AP1", ..., "AP5").
         members (tuple[ndarray]): contiguous class ids of each group.
-        image_count (ndarray[C]): training images per class.
+        counts (ndarray[C]): training images (or instances, see ``by``) per class.
         train_dataset (str): the dataset the counts come from.
+        by (str): "image" or "instance", what ``counts`` counts.
     """
 
     names: Tuple[str, ...]
     members: Tuple[np.ndarray, ...]
-    image_count: np.ndarray
+    counts: np.ndarray
     train_dataset: str
+    by: str = "image"
 
     @property
     def num_classes(self):
-        return len(self.image_count)
+        return len(self.counts)
 
     def table(self, aps):
-        """A text table: group, number of classes, training image range, AP.
+        """A text table: group, number of classes, training count range, AP.
 
         Args:
             aps (dict[str, float]): AP per group name.
         """
         rows = []
         for name, members in zip(self.names, self.members):
-            counts = self.image_count[members]
+            counts = self.counts[members]
             span = f"{counts.min()}-{counts.max()}" if len(counts) else "-"
             rows.append((name, len(members), span, aps.get(name, float("nan"))))
-        return tabulate(rows, headers=["group", "classes", "train images", "AP"], tablefmt="pipe",
+        return tabulate(rows, headers=["group", "classes", f"train {self.by}s", "AP"], tablefmt="pipe",
                         floatfmt=".3f", numalign="left")
 
 
-def class_groups_from_stats(stats, num_groups=NUM_FREQUENCY_GROUPS, lvis_groups=False, train_dataset=""):
+#: What AP1..AP5 group classes by (``LTDET.EVAL.FREQUENCY_GROUPS_BY``).
+GROUP_COUNTS = ("image", "instance")
+
+
+def class_groups_from_stats(stats, num_groups=NUM_FREQUENCY_GROUPS, lvis_groups=False, train_dataset="", by="image"):
     """``ClassGroups`` from ``CategoryStats``.
 
     Args:
@@ -115,19 +121,23 @@ def class_groups_from_stats(stats, num_groups=NUM_FREQUENCY_GROUPS, lvis_groups=
         num_groups (int): number of equal-size groups (AP1 .. AP<num_groups>).
         lvis_groups (bool): also APr/APc/APf from ``stats.groups``.
         train_dataset (str): name of the training split (for the log).
+        by (str): sort classes by training "image" count (EQL) or "instance"
+            count (EQLv2 Sec. 4.9, EFL Sec. 4.5 on Open Images).
     """
-    image_count = stats.image_count.numpy()
-    five = split_frequency_groups(image_count, num_groups)
+    if by not in GROUP_COUNTS:
+        raise ValueError(f"LTDET.EVAL.FREQUENCY_GROUPS_BY must be one of {GROUP_COUNTS}, got {by!r}")
+    counts = (stats.image_count if by == "image" else stats.instance_count).numpy()
+    five = split_frequency_groups(counts, num_groups)
     names = [f"AP{g + 1}" for g in range(num_groups)]
     members = [np.flatnonzero(five == g) for g in range(num_groups)]
     if lvis_groups:
         rcf = stats.groups.numpy()
         names += [_LVIS_GROUP_METRICS[n] for n in group_names]
         members += [np.flatnonzero(rcf == g) for g in range(len(group_names))]
-    return ClassGroups(tuple(names), tuple(members), image_count, train_dataset)
+    return ClassGroups(tuple(names), tuple(members), counts, train_dataset, by)
 
 
-def load_class_groups(train_dataset, rare_max=10, common_max=100, lvis_groups=False):
+def load_class_groups(train_dataset, rare_max=10, common_max=100, lvis_groups=False, by="image"):
     """``ClassGroups`` of a registered training split, or None (logged) if unavailable.
 
     Args:
@@ -143,7 +153,7 @@ def load_class_groups(train_dataset, rare_max=10, common_max=100, lvis_groups=Fa
     except CategoryStatsError as e:
         logger.warning(f"{e}: frequency-group APs are skipped.")
         return None
-    return class_groups_from_stats(stats, lvis_groups=lvis_groups, train_dataset=train_dataset)
+    return class_groups_from_stats(stats, lvis_groups=lvis_groups, train_dataset=train_dataset, by=by)
 
 
 def group_average_precision(precision, indices):
@@ -184,8 +194,8 @@ def check_ground_truth_boxes(annotations, json_file):
 class _GroupAPMixin:
     """Shared part of the group-AP evaluators (groups loaded lazily, on the main process)."""
 
-    def _init_groups(self, train_dataset, rare_max, common_max, lvis_groups):
-        self._group_spec = (train_dataset, rare_max, common_max, lvis_groups)
+    def _init_groups(self, train_dataset, rare_max, common_max, lvis_groups, by="image"):
+        self._group_spec = (train_dataset, rare_max, common_max, lvis_groups, by)
         self._class_groups = None
         self._groups_loaded = False
 
@@ -223,7 +233,7 @@ class _GroupAPMixin:
         aps = {name: group_average_precision(precision, position[members])
                for name, members in zip(groups.names, groups.members)}
         self._logger.info(
-            f"Frequency-group {iou_type} AP (groups by image count in '{groups.train_dataset}'):\n"
+            f"Frequency-group {iou_type} AP (groups by {groups.by} count in '{groups.train_dataset}'):\n"
             + groups.table(aps)
         )
         return aps
@@ -232,16 +242,18 @@ class _GroupAPMixin:
 class LVISGroupEvaluator(_GroupAPMixin, LVISEvaluator):
     """``LVISEvaluator`` plus AP1..AP5 (APr/APc/APf unchanged, from the ``lvis`` API)."""
 
-    def __init__(self, dataset_name, *args, train_dataset=None, rare_max=10, common_max=100, **kwargs):
+    def __init__(self, dataset_name, *args, train_dataset=None, rare_max=10, common_max=100, groups_by="image",
+                 **kwargs):
         """
         Args:
             dataset_name, *args, **kwargs: as ``LVISEvaluator``.
             train_dataset (str): registered training split the groups come from.
             rare_max, common_max (int): r/c/f thresholds passed to ``get_category_stats``.
+            groups_by (str): AP1..AP5 by training "image" or "instance" counts.
         """
         super().__init__(dataset_name, *args, **kwargs)
         check_ground_truth_boxes(self._lvis_api.dataset["annotations"], self._metadata.json_file)
-        self._init_groups(train_dataset, rare_max, common_max, lvis_groups=False)
+        self._init_groups(train_dataset, rare_max, common_max, lvis_groups=False, by=groups_by)
 
     def _eval_predictions(self, predictions):
         results = None
@@ -286,17 +298,19 @@ class LVISGroupEvaluator(_GroupAPMixin, LVISEvaluator):
 class COCOGroupEvaluator(_GroupAPMixin, COCOEvaluator):
     """``COCOEvaluator`` plus AP1..AP5 and APr/APc/APf from the training split's image counts."""
 
-    def __init__(self, dataset_name, *args, train_dataset=None, rare_max=10, common_max=100, **kwargs):
+    def __init__(self, dataset_name, *args, train_dataset=None, rare_max=10, common_max=100, groups_by="image",
+                 **kwargs):
         """
         Args:
             dataset_name, *args, **kwargs: as ``COCOEvaluator``.
             train_dataset (str): registered training split the groups come from.
             rare_max, common_max (int): r/c/f thresholds (APr: at most ``rare_max`` images).
+            groups_by (str): AP1..AP5 by training "image" or "instance" counts.
         """
         super().__init__(dataset_name, *args, **kwargs)
         if self._do_evaluation:
             check_ground_truth_boxes(self._coco_api.dataset["annotations"], self._metadata.json_file)
-        self._init_groups(train_dataset, rare_max, common_max, lvis_groups=True)
+        self._init_groups(train_dataset, rare_max, common_max, lvis_groups=True, by=groups_by)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)

@@ -96,8 +96,8 @@ class ClassificationLoss(nn.Module):
 
     Class attributes (a subclass sets those that differ):
         family (str): "two_stage" (logits [N, C+1], mean) or "dense" (logits [M, C], sum).
-        activation (str): "softmax" or "sigmoid"; the bias of sigmoid columns
-            (and of an objectness column) starts at the prior probability.
+        activation (str): "softmax" or "sigmoid"; the bias of a sigmoid loss's
+            columns starts at the prior probability.
         objectness_choices (tuple[bool]): the objectness settings the loss
             supports; the first is its paper's default.
         priors (tuple[str]): training-set class statistics the constructor
@@ -132,11 +132,6 @@ class ClassificationLoss(nn.Module):
         "image_label_mask" (BoolTensor[N, C], LVIS image-level labels) or
         "scores" (Tensor[M], IoU targets of foreground samples)."""
         return ()
-
-    @property
-    def has_sigmoid_columns(self) -> bool:
-        """Whether some logit column is a sigmoid task (its bias starts at the prior)."""
-        return self.activation == "sigmoid" or self.objectness
 
     def get_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Scores of ``logits`` at inference (same shape)."""

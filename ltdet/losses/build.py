@@ -10,7 +10,7 @@ refuses configurations that would silently run something else:
   loss does not use; keys of namespaces the loss never reads stay inert (as
   detectron2's own unused keys);
 * ``LTDET.CLS_LOSS.OBJECTNESS`` on/off that the loss does not support;
-  ``LTDET.CLS_LOSS.PRIOR_PROB`` changed for a loss without sigmoid columns;
+  ``LTDET.CLS_LOSS.PRIOR_PROB`` changed for a softmax loss (no sigmoid columns);
 * ``LTDET.GRAD_STATS.ENABLED False`` for a loss whose weights come from its
   statistics (EQLv2, EFL, EQFL, EQLv2-focal);
 * hyper-parameters outside their range (the error names the config key).
@@ -67,7 +67,7 @@ def resolve_objectness(cfg, cls) -> bool:
     return value == "on"
 
 
-def _check_keys(cfg, cls, objectness: bool) -> None:
+def _check_keys(cfg, cls) -> None:
     """Raise for every non-default key the loss would ignore (module docstring)."""
     from ltdet.config import ltdet_default
 
@@ -85,7 +85,7 @@ def _check_keys(cfg, cls, objectness: bool) -> None:
                 f"{ltdet_default(key)!r} or choose a loss that uses it."
             )
     prior = cfg.LTDET.CLS_LOSS.PRIOR_PROB
-    if not (cls.activation == "sigmoid" or objectness) and prior != ltdet_default(PRIOR_PROB_KEY):
+    if cls.activation != "sigmoid" and prior != ltdet_default(PRIOR_PROB_KEY):
         raise ValueError(
             f"{PRIOR_PROB_KEY} = {prior!r} is not used by loss {cls.name!r}: it has no sigmoid "
             "column whose bias the prior initialises"
@@ -122,7 +122,7 @@ def build_classification_loss(
     """
     cls = loss_class(cfg, family)
     objectness = resolve_objectness(cfg, cls)
-    _check_keys(cfg, cls, objectness)
+    _check_keys(cfg, cls)
     kwargs: Dict[str, Any] = {arg: _get(cfg, key) for arg, key in cls.config_keys.items()}
     if len(cls.objectness_choices) > 1:
         kwargs["objectness"] = objectness

@@ -27,6 +27,7 @@ from ltdet.data.category_stats import train_category_stats
 from ltdet.losses import build_classification_loss
 from ltdet.losses.build import loss_class
 
+from .classifier import NormalizedLinear
 from .image_labels import ImageLabelRCNN
 
 __all__ = ["LongTailFastRCNNOutputLayers", "build_roi_classification_loss", "roi_loss_priors"]
@@ -98,22 +99,39 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     Seesaw's class counts) are saved and restored by detectron2's Checkpointer.
     Columns trained as sigmoid tasks start from the prior probability
     ``prior_prob`` (EQLv2 Sec. 4.2, Focal Loss Sec. 3.3): every column of a
-    sigmoid loss, the objectness column of a softmax loss with one (Seesaw).
+    sigmoid loss. The objectness column of a softmax loss (Seesaw) is the
+    logit difference of a 2-way softmax and starts at 0 (p_obj = 0.5), as the
+    2-way objectness softmax of the reference implementation.
     What the loss needs besides logits and labels comes from its contract
     (``cls_loss.extra_inputs``).
     """
 
     @configurable
-    def __init__(self, input_shape, *, cls_loss: nn.Module, prior_prob: float = 0.001, **kwargs):
+    def __init__(
+        self,
+        input_shape,
+        *,
+        cls_loss: nn.Module,
+        prior_prob: float = 0.001,
+        classifier: str = "linear",
+        classifier_scale: float = 20.0,
+        **kwargs,
+    ):
         """
         Args:
             input_shape (ShapeSpec): shape of the box-head features.
             cls_loss (ClassificationLoss): a two-stage loss, called as
                 ``cls_loss(logits[N, C+1], labels[N], **extra_inputs)``.
             prior_prob (float): initial probability of the sigmoid columns.
+            classifier (str): "linear" (detectron2's) or "cosine" (:class:`NormalizedLinear`).
+            classifier_scale (float): τ of the cosine classifier.
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
+        if classifier == "cosine":
+            self.cls_score = NormalizedLinear(self.cls_score.in_features, self.cls_score.out_features, classifier_scale)
+        elif classifier != "linear":
+            raise ValueError(f"LTDET.CLASSIFIER.NAME must be 'linear' or 'cosine', got {classifier!r}")
         # detectron2 after 0.6 has its own sigmoid CE / federated loss switches, which this
         # predictor's classification loss would silently replace
         for attr, key in (("use_sigmoid_ce", "USE_SIGMOID_CE"), ("use_fed_loss", "USE_FED_LOSS")):
@@ -140,6 +158,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             {
                 "cls_loss": build_roi_classification_loss(cfg, ret["num_classes"], priors),
                 "prior_prob": cfg.LTDET.CLS_LOSS.PRIOR_PROB,
+                "classifier": cfg.LTDET.CLASSIFIER.NAME,
+                "classifier_scale": cfg.LTDET.CLASSIFIER.SCALE,
             }
         )
         return ret
@@ -147,11 +167,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     @torch.no_grad()
     def _init_prior_bias(self):
         """Set the bias of the sigmoid columns to -log((1 - π) / π), π = ``prior_prob``."""
-        bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
         if self.cls_loss.activation == "sigmoid":
-            self.cls_score.bias.fill_(bias)
-        elif self.cls_loss.objectness:
-            self.cls_score.bias[self.num_classes] = bias
+            self.cls_score.bias.fill_(-math.log((1.0 - self.prior_prob) / self.prior_prob))
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
         """``loss_cls`` from ``self.cls_loss`` and detectron2's ``loss_box_reg``.
