@@ -26,9 +26,9 @@ from ltdet.modeling.dense_heads import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, "configs", "Base-Synthetic-ATSS.yaml")
+# the synthetic ATSS configs (the LVIS ones are checked in test_lvis_configs.py)
 ATSS_CONFIGS = sorted(
-    set(glob.glob(os.path.join(REPO, "configs", "**", "*ATSS*.yaml"), recursive=True))
-    | set(glob.glob(os.path.join(REPO, "configs", "**", "atss_*.yaml"), recursive=True))
+    glob.glob(os.path.join(REPO, "configs", "synthetic", "atss_*.yaml")) + [SYNTHETIC]
 )
 
 
@@ -319,13 +319,6 @@ def test_config_loads_and_builds(path):
     num_anchors = len(cfg.MODEL.LTDET_DENSE.ANCHOR_SCALES)
     assert model.head.cls_score.out_channels == num_anchors * cfg.MODEL.LTDET_DENSE.NUM_CLASSES
     assert model.max_detections_per_image == cfg.TEST.DETECTIONS_PER_IMAGE
-    if "lvis_v1" in path:
-        d, s = cfg.MODEL.LTDET_DENSE, cfg.SOLVER
-        assert (d.QUALITY, d.ATSS_TOPK, list(d.ANCHOR_SCALES)) == ("iou", 18, [6.0, 8.0])
-        assert (s.IMS_PER_BATCH, s.BASE_LR, s.WARMUP_ITERS, s.MAX_ITER) == (16, 0.02, 6000, 180000)
-        assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE == 35.0
-        assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.001 and cfg.TEST.DETECTIONS_PER_IMAGE == 300
-        assert cfg.LTDET.CLS_LOSS.PRIOR_PROB == 0.001 and d.SCORE_THRESH_TEST == 0.0
 
 
 def test_efl_ablation_switches():
