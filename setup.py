@@ -29,6 +29,9 @@ setup(
         "setuptools<81",
         "pycocotools>=2.0.2",
         "lvis==0.5.3",
+        # the fast LVIS evaluation backend (C++ COCOeval with LVIS rules) and a fast json reader
+        "faster-coco-eval==1.8.0",
+        "orjson>=3.9",
         # detectron2 0.6's own pins
         "fvcore>=0.1.5,<0.1.6",
         "iopath>=0.1.7,<0.1.10",

@@ -125,6 +125,22 @@ def add_ltdet_config(cfg):
     # AP1..AP5 split the classes into five equal groups sorted by their training "image" count (EQL,
     # Sec. 4.5) or "instance" count (EQLv2 Sec. 4.9 and EFL Sec. 4.5 on Open Images).
     _C.LTDET.EVAL.FREQUENCY_GROUPS_BY = "image"
+    # LVIS evaluation backend: "fast" (faster-coco-eval's C++ COCOeval with LVIS rules, the same metrics)
+    # or "lvis" (the official lvis API).
+    _C.LTDET.EVAL.BACKEND = "fast"
+    # Also report AP_fixed (Dave et al. 2021: top DETECTIONS_PER_CLASS detections per class over the
+    # whole set, no per-image cap) and its r/c/f parts; use with LTDET.TEST.TOPK_PER_CLASS.
+    _C.LTDET.EVAL.AP_FIXED = False
+    # Also report AP_pool (Dave et al. 2021: detections of all classes pooled into one PR curve; slow, lvis API).
+    _C.LTDET.EVAL.AP_POOL = False
+    # K of AP_fixed / AP_pool: detections kept per class over the whole dataset (LVIS: 10,000).
+    _C.LTDET.EVAL.DETECTIONS_PER_CLASS = 10000
+
+    _C.LTDET.TEST = CN()
+    # When > 0, inference keeps up to this many detections per class and image (after class-wise NMS)
+    # instead of the top TEST.DETECTIONS_PER_IMAGE of the image, so that every class can reach its
+    # 10,000 detections for AP_fixed; the evaluator still caps the standard AP at TEST.DETECTIONS_PER_IMAGE.
+    _C.LTDET.TEST.TOPK_PER_CLASS = 0
 
     # ------------------------------------------------------------ backbone
     _C.MODEL.TINY_RESNET = CN()

@@ -243,6 +243,18 @@ def test_inference_limit_and_classwise_nms():
     assert (iou[~same] > model.test_nms_thresh).any()
 
 
+def test_topk_per_class_inference():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = 7
+    cfg.LTDET.TEST.TOPK_PER_CLASS = 2
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        inst = model([{"image": torch.rand(3, 128, 96) * 255, "height": 128, "width": 96}])[0]["instances"]
+    counts = torch.bincount(inst.pred_classes, minlength=cfg.MODEL.LTDET_DENSE.NUM_CLASSES)
+    assert len(inst) > 7 and int(counts.max()) == 2, "K per class replaces the per-image cap"
+
+
 def test_loss_statistics_are_checkpointed():
     cfg = _cfg()
     cfg.LTDET.CLS_LOSS.NAME = "efl"

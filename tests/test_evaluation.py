@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
@@ -24,7 +24,7 @@ from ltdet.data.custom import check_num_classes, register_from_config
 from ltdet.data.synthetic import generate
 from ltdet.evaluation import (
     COCOGroupEvaluator,
-    LVISGroupEvaluator,
+    LongTailLVISEvaluator,
     build_ltdet_evaluator,
     split_frequency_groups,
 )
@@ -121,7 +121,7 @@ def test_split_frequency_groups_equal_sizes_sorted_by_count():
 def test_lvis_group_aps_perfect_and_degraded(tiny):
     cfg, train, val = registered(tiny, "lvis")
     evaluator = build_ltdet_evaluator(cfg, val)
-    assert isinstance(evaluator, LVISGroupEvaluator)
+    assert isinstance(evaluator, LongTailLVISEvaluator)
     perfect = evaluate(evaluator, val)
     for key in ["AP", "APr", "APc", "APf"] + FIVE:
         assert perfect[key] == pytest.approx(100.0), key
@@ -133,11 +133,16 @@ def test_lvis_group_aps_perfect_and_degraded(tiny):
     for key in FIVE[1:]:
         assert degraded[key] == pytest.approx(100.0), key
     assert degraded["APr"] < 100.0 and degraded["AP"] < 100.0
-    # AP and APr/APc/APf are exactly the lvis API's
+    # AP and APr/APc/APf are detectron2's LVISEvaluator's (the lvis API), with either backend
     plain = evaluate(LVISEvaluator(val, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE), val,
                      drop_classes=rarest)
-    for key in ("AP", "AP50", "APr", "APc", "APf"):
-        assert degraded[key] == plain[key], key
+    cfg.defrost()
+    cfg.LTDET.EVAL.BACKEND = "lvis"
+    official = evaluate(build_ltdet_evaluator(cfg, val), val, drop_classes=rarest)
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APr", "APc", "APf"):
+        assert official[key] == pytest.approx(plain[key], abs=1e-9), key
+        assert degraded[key] == pytest.approx(plain[key], abs=0.01), key
+    assert official["AP1"] == pytest.approx(degraded["AP1"], abs=0.01)
 
 
 def test_coco_format_dataset_from_config(tiny):
@@ -287,3 +292,24 @@ def test_visualize_tool_with_datasets_from_the_command_line(tiny, tmp_path):
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path),
     ])
     assert len(written) == 2 and all(p.endswith(".png") and os.path.isfile(p) for p in written)
+
+
+def test_training_evaluator_and_offline_tool_agree(tiny, tmp_path):
+    """One pass gives AP..AP5 and AP_fixed; tools/evaluate_lvis.py on its saved file gives the same numbers."""
+    import importlib.util
+
+    cfg, train, val = registered(tiny, "lvis")
+    cfg.defrost()
+    cfg.LTDET.EVAL.AP_FIXED = True
+    cfg.LTDET.EVAL.FREQUENCY_GROUPS_BY = "instance"
+    evaluator = build_ltdet_evaluator(cfg, val, str(tmp_path / "inference"))
+    metrics = evaluate(evaluator, val, drop_classes={0})
+    assert {"AP", "APr", "AP1", "AP5", "AP_fixed", "APr_fixed"} <= set(metrics)
+    spec = importlib.util.spec_from_file_location("evaluate_lvis", os.path.join(REPO, "tools", "evaluate_lvis.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    offline = tool.main(["--gt", MetadataCatalog.get(val).json_file, "--results",
+                         str(tmp_path / "inference" / "lvis_instances_results.json"), "--out",
+                         str(tmp_path / "m.json"), "--ap-fixed", "--groups-by", "instance"])
+    for key in ("AP", "AP50", "APr", "APc", "APf", "AP1", "AP5", "AP_fixed"):
+        assert offline[key] == pytest.approx(metrics[key], abs=1e-6), key

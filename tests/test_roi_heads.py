@@ -484,3 +484,22 @@ def test_image_label_rcnn_hands_dataset_labels_to_the_loss(synthetic_split, tmp_
         row[x["neg_category_ids"]] = True
         expected.append(row.expand(len(p), -1))
     assert torch.equal(kwargs["image_label_mask"], torch.cat(expected))
+
+
+def test_topk_per_class_inference_replaces_the_per_image_cap():
+    """LTDET.TEST.TOPK_PER_CLASS: up to K detections of every class per image (AP_fixed), no per-image top-N."""
+    torch.manual_seed(0)
+    box_predictor = predictor("sigmoid", test_topk_per_image=5, test_score_thresh=0.0)
+    per_class = predictor("sigmoid", test_topk_per_image=5, test_score_thresh=0.0, topk_per_class=3)
+    per_class.load_state_dict(box_predictor.state_dict())
+    proposals = proposals_with_labels([[5] * 40])
+    for p in proposals:
+        p.remove("gt_boxes")
+        p.remove("gt_classes")
+    features = torch.randn(40, 8)
+    capped, _ = box_predictor.inference(box_predictor(features), proposals)
+    kept, _ = per_class.inference(per_class(features), proposals)
+    assert len(capped[0]) == 5
+    counts = torch.bincount(kept[0].pred_classes, minlength=C)
+    assert len(kept[0]) > 5 and int(counts.max()) <= 3 and bool((counts == 3).all())
+    assert bool((kept[0].scores[:-1] >= kept[0].scores[1:]).all())

@@ -52,6 +52,8 @@ def _read_summary(path, mtime_ns, size):
         "categories": tuple(sorted(data["categories"], key=lambda c: c["id"])),
         "num_images": len(images),
         "num_annotated_images": len({a["image_id"] for a in data.get("annotations", [])}),
+        # annotations whose [x, y, w, h] has w <= 0 or h <= 0
+        "invalid_box_ids": tuple(a.get("id") for a in invalid_box_annotations(data.get("annotations", []))),
         # LVIS style: images with coco_url and image-level labels, category ids 1..C
         "lvis_format": lvis_images and ids == list(range(1, len(ids) + 1)),
     }
@@ -68,7 +70,8 @@ def read_json_summary(json_file):
 
     Returns:
         dict: ``categories`` (tuple[dict]), ``num_images`` (int), ``num_annotated_images``
-        (int, images with at least one annotation), ``lvis_format`` (bool).
+        (int, images with at least one annotation), ``invalid_box_ids`` (ids of annotations
+        with a non-positive box size), ``lvis_format`` (bool).
     """
     path = os.path.realpath(json_file)
     stat = os.stat(path)

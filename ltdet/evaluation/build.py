@@ -3,7 +3,9 @@ from detectron2.data import MetadataCatalog
 
 from ltdet.compat.detectron2_ops import has_compiled_ops
 
-from .group_ap import COCOGroupEvaluator, LVISGroupEvaluator
+from .group_ap import COCOGroupEvaluator
+from .lvis_eval import fast_backend_available
+from .lvis_evaluator import LongTailLVISEvaluator
 
 __all__ = ["build_ltdet_evaluator"]
 
@@ -12,8 +14,11 @@ def build_ltdet_evaluator(cfg, dataset_name, output_folder=None):
     """Build the evaluator for ``dataset_name``.
 
     LVIS-format datasets (``evaluator_type="lvis"``, e.g. the synthetic dataset)
-    use the ``lvis`` API (AP, APr, APc, APf, APs/m/l) with
-    ``TEST.DETECTIONS_PER_IMAGE`` detections per image; COCO-format datasets use
+    use ``LongTailLVISEvaluator``: one pass of the ``LTDET.EVAL.BACKEND``
+    ("fast": faster-coco-eval, "lvis": the official API) gives AP, APr, APc,
+    APf, APs/m/l with ``TEST.DETECTIONS_PER_IMAGE`` detections per image, the
+    group APs, and with ``LTDET.EVAL.AP_FIXED`` / ``AP_POOL`` Dave et al.'s
+    metrics; COCO-format datasets use
     pycocotools (the fast C++ COCOeval only when detectron2's ops are compiled)
     and gain APr/APc/APf from the training image counts. Both add the
     frequency-group APs AP1..AP5 (``group_ap.py``), with groups from
@@ -29,10 +34,18 @@ def build_ltdet_evaluator(cfg, dataset_name, output_folder=None):
         groups_by=cfg.LTDET.EVAL.FREQUENCY_GROUPS_BY,
     )
     if evaluator_type == "lvis":
-        return LVISGroupEvaluator(
+        e = cfg.LTDET.EVAL
+        if e.BACKEND == "fast" and not fast_backend_available():
+            raise ImportError("LTDET.EVAL.BACKEND 'fast' needs faster-coco-eval (pip install 'faster-coco-eval==1.8.0', "
+                              "a dependency of ltdet); or set LTDET.EVAL.BACKEND 'lvis'")
+        return LongTailLVISEvaluator(
             dataset_name,
             output_dir=output_folder,
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            backend=e.BACKEND,
+            ap_fixed=e.AP_FIXED,
+            ap_pool=e.AP_POOL,
+            dets_per_class=e.DETECTIONS_PER_CLASS,
             **groups,
         )
     if evaluator_type == "coco":

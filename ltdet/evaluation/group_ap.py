@@ -1,26 +1,25 @@
 """Frequency-group APs: AP1 (the rarest fifth of the classes) ... AP5 (the most frequent).
 
 EQL, EQLv2 and EFL report AP on Open Images in five groups of classes of equal
-size, sorted by their number of training images. ``LVISGroupEvaluator`` and
-``COCOGroupEvaluator`` are detectron2's evaluators plus these metrics:
+size, sorted by their number of training images (or instances).
+``COCOGroupEvaluator`` is detectron2's COCO evaluator plus these metrics:
 ``results[task]["AP1"]`` ... ``["AP5"]`` (so ``bbox/AP1`` in metrics.json and
-TensorBoard, through detectron2's ``EvalHook``) and a table in the log. The
-COCO one also adds APr/APc/APf, with LVIS's rules applied to the training
-image counts (``LTDET.DATA.RARE_MAX_IMAGES`` / ``COMMON_MAX_IMAGES``); the
-LVIS one keeps APr/APc/APf exactly as the ``lvis`` API gives them.
+TensorBoard, through detectron2's ``EvalHook``) and a table in the log, and
+APr/APc/APf with LVIS's rules applied to the training image counts
+(``LTDET.DATA.RARE_MAX_IMAGES`` / ``COMMON_MAX_IMAGES``). LVIS-format datasets
+use ``LongTailLVISEvaluator`` (``lvis_evaluator.py``), which takes the same
+groups from this module.
 
-Groups: classes sorted by training image count (``get_category_stats`` of the
-training split; ties keep class-id order), ``np.array_split`` into five. A
+Groups: classes sorted by training image (or instance) count
+(``get_category_stats`` of the training split; ties keep class-id order),
+``np.array_split`` into five. A
 group's AP is computed as the ``lvis`` API computes APr: the mean of the
 precision entries of the group's classes over IoU thresholds and recall points
 (area "all", the largest detections-per-image limit), entries of classes
 without ground truth (-1) excluded; NaN for a group without such entries.
 
 Per-category precision: ``COCOEvaluator`` hands its ``COCOeval`` to
-``_derive_coco_results``, which the subclass extends. ``LVISEvaluator`` keeps
-its ``LVISEval`` inside a module function, so ``LVISGroupEvaluator`` runs the
-``lvis`` API a second time on the same predictions (``_lvis_group_aps``),
-which doubles the evaluation time.
+``_derive_coco_results``, which the subclass extends (one pass).
 
 Shape shorthand: T IoU thresholds, R recall points, K evaluated categories,
 A area ranges, C training classes.
@@ -30,16 +29,15 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator
+from detectron2.evaluation import COCOEvaluator
 from tabulate import tabulate
 
 from ltdet.data.category_stats import CategoryStatsError, get_category_stats, group_names
-from ltdet.data.datasets import invalid_box_annotations
+from ltdet.data.datasets import read_json_summary
 
 __all__ = [
     "COCOGroupEvaluator",
     "ClassGroups",
-    "LVISGroupEvaluator",
     "NUM_FREQUENCY_GROUPS",
     "class_groups_from_stats",
     "group_average_precision",
@@ -172,7 +170,27 @@ def group_average_precision(precision, indices):
     return float(values.mean() * 100) if values.size else float("nan")
 
 
-def check_ground_truth_boxes(annotations, json_file):
+def ground_truth_frequency_groups(json_file, by="image"):
+    """AP1..AP5 and r/c/f groups of dataset category ids from an LVIS json's own categories.
+
+    Args:
+        json_file (str): LVIS-format json whose categories carry ``image_count`` /
+            ``instance_count`` (of the training split, as LVIS's val json) and ``frequency``.
+        by (str): "image" or "instance" count.
+    Returns:
+        (dict name -> ids for AP1..AP5 (empty without counts), dict "r"/"c"/"f" -> ids).
+    """
+    categories = read_json_summary(json_file)["categories"]
+    pools = {f: [c["id"] for c in categories if c.get("frequency") == f] for f in "rcf"}
+    field = f"{by}_count"
+    if not categories or not all(field in c for c in categories):
+        return {}, pools
+    ids = np.array([c["id"] for c in categories])
+    five = split_frequency_groups([c[field] for c in categories])
+    return {f"AP{g + 1}": ids[five == g].tolist() for g in range(NUM_FREQUENCY_GROUPS)}, pools
+
+
+def check_ground_truth_boxes(json_file):
     """Refuse ground truth with boxes of non-positive width or height.
 
     The ``lvis`` / COCO APIs evaluate against the json itself, so such boxes
@@ -182,12 +200,12 @@ def check_ground_truth_boxes(annotations, json_file):
     Raises:
         ValueError: naming the json, the count and the first annotation ids.
     """
-    bad = invalid_box_annotations(annotations)
+    bad = read_json_summary(json_file)["invalid_box_ids"]
     if bad:
-        ids = [a.get("id") for a in bad[:5]]
         raise ValueError(
             f"{json_file}: {len(bad)} ground-truth annotations have a box [x, y, w, h] with w <= 0 or "
-            f"h <= 0 (annotation ids {ids}{'...' if len(bad) > 5 else ''}); fix the json before evaluating on it"
+            f"h <= 0 (annotation ids {list(bad[:5])}{'...' if len(bad) > 5 else ''}); fix the json before "
+            "evaluating on it"
         )
 
 
@@ -239,62 +257,6 @@ class _GroupAPMixin:
         return aps
 
 
-class LVISGroupEvaluator(_GroupAPMixin, LVISEvaluator):
-    """``LVISEvaluator`` plus AP1..AP5 (APr/APc/APf unchanged, from the ``lvis`` API)."""
-
-    def __init__(self, dataset_name, *args, train_dataset=None, rare_max=10, common_max=100, groups_by="image",
-                 **kwargs):
-        """
-        Args:
-            dataset_name, *args, **kwargs: as ``LVISEvaluator``.
-            train_dataset (str): registered training split the groups come from.
-            rare_max, common_max (int): r/c/f thresholds passed to ``get_category_stats``.
-            groups_by (str): AP1..AP5 by training "image" or "instance" counts.
-        """
-        super().__init__(dataset_name, *args, **kwargs)
-        check_ground_truth_boxes(self._lvis_api.dataset["annotations"], self._metadata.json_file)
-        self._init_groups(train_dataset, rare_max, common_max, lvis_groups=False, by=groups_by)
-
-    def _eval_predictions(self, predictions):
-        results = None
-        if self._do_evaluation and self._get_class_groups() is not None:
-            results = self._results_with_dataset_ids(predictions)
-        super()._eval_predictions(predictions)
-        if not results:
-            return
-        for task in [t for t in self._results if t in ("bbox", "segm")]:
-            self._results[task].update(self._lvis_group_aps(results, task))
-
-    def _results_with_dataset_ids(self, predictions):
-        """Copies of the predicted instances with dataset category ids (the parent's rule:
-        ``thing_dataset_id_to_contiguous_id`` reversed, else id + 1)."""
-        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
-        reverse = {v: k for k, v in id_map.items()} if id_map else None
-        return [
-            dict(r, category_id=reverse[r["category_id"]] if reverse else r["category_id"] + 1)
-            for p in predictions for r in p.get("instances", [])
-        ]
-
-    def _lvis_group_aps(self, results, iou_type):
-        """Re-evaluate ``results`` with the ``lvis`` API and return the group APs.
-
-        Args:
-            results (list[dict]): LVIS-format detections with dataset category ids.
-            iou_type (str): "bbox" or "segm".
-        """
-        from lvis import LVISEval, LVISResults
-
-        # as the parent: without "bbox", mask AP uses the mask area for APs/m/l
-        dropped = "bbox" if iou_type == "segm" else None
-        detections = [{k: v for k, v in r.items() if k != dropped} for r in results]
-        max_dets = 300 if self._max_dets_per_image is None else self._max_dets_per_image
-        lvis_eval = LVISEval(self._lvis_api, LVISResults(self._lvis_api, detections, max_dets=max_dets),
-                             iou_type)
-        lvis_eval.evaluate()
-        lvis_eval.accumulate()
-        return self._group_aps(lvis_eval.eval["precision"], lvis_eval.params.cat_ids, iou_type)
-
-
 class COCOGroupEvaluator(_GroupAPMixin, COCOEvaluator):
     """``COCOEvaluator`` plus AP1..AP5 and APr/APc/APf from the training split's image counts."""
 
@@ -309,7 +271,7 @@ class COCOGroupEvaluator(_GroupAPMixin, COCOEvaluator):
         """
         super().__init__(dataset_name, *args, **kwargs)
         if self._do_evaluation:
-            check_ground_truth_boxes(self._coco_api.dataset["annotations"], self._metadata.json_file)
+            check_ground_truth_boxes(self._metadata.json_file)
         self._init_groups(train_dataset, rare_max, common_max, lvis_groups=True, by=groups_by)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):

@@ -16,6 +16,7 @@ decoding, class-wise NMS, at most ``TEST.DETECTIONS_PER_IMAGE``). This class
 overrides the assignment (``label_anchors``, which also handles images without
 boxes, on which v0.6's FCOS crashes) and ``losses``.
 """
+import sys
 from typing import Dict, List
 
 import torch
@@ -37,6 +38,7 @@ from detectron2.utils.events import get_event_storage
 
 from ltdet.losses import build_classification_loss
 
+from ..postprocess import top_k_per_class
 from .assigner import ATSSAssigner, CenterSamplingAssigner, centerness_targets
 from .head import ATSSHead
 
@@ -77,6 +79,7 @@ class LongTailATSS(FCOS):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 300,
+        topk_per_class: int = 0,
         pixel_mean,
         pixel_std,
     ):
@@ -103,6 +106,8 @@ class LongTailATSS(FCOS):
             test_topk_candidates: top-scoring (anchor, class) pairs kept per level.
             test_nms_thresh: IoU threshold of the class-wise NMS.
             max_detections_per_image: detections kept per image.
+            topk_per_class: when > 0, keep up to this many detections of each class per
+                image instead (``LTDET.TEST.TOPK_PER_CLASS``, for AP_fixed).
             pixel_mean, pixel_std: see :class:`DenseDetector`.
         """
         if quality not in ("iou", "centerness"):
@@ -116,7 +121,7 @@ class LongTailATSS(FCOS):
             test_score_thresh=test_score_thresh,
             test_topk_candidates=test_topk_candidates,
             test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image,
+            max_detections_per_image=max_detections_per_image if topk_per_class <= 0 else sys.maxsize,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
         )
@@ -126,6 +131,7 @@ class LongTailATSS(FCOS):
         self.cls_loss = cls_loss
         self.quality = quality
         self.reg_loss_weight = float(reg_loss_weight)
+        self.topk_per_class = int(topk_per_class)
         if box_loss_weighting not in ("none", "iou"):
             raise ValueError(f"MODEL.LTDET_DENSE.BOX_LOSS_WEIGHTING must be 'none' or 'iou', got {box_loss_weighting!r}")
         if not 0.0 <= normalizer_momentum < 1.0:
@@ -172,9 +178,15 @@ class LongTailATSS(FCOS):
             "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": d.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "topk_per_class": cfg.LTDET.TEST.TOPK_PER_CLASS,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+        """detectron2's (class-wise NMS, per-image cap); with ``topk_per_class`` the top K of each class."""
+        result = super().inference_single_image(anchors, box_cls, box_delta, image_size)
+        return top_k_per_class(result, self.topk_per_class) if self.topk_per_class > 0 else result
 
     def get_extra_state(self) -> Tensor:
         """The EMA of the number of positives (``_ema_update``), so that resume is exact.

@@ -27,6 +27,7 @@ from ltdet.data.category_stats import train_category_stats
 from ltdet.losses import build_classification_loss
 from ltdet.losses.build import loss_class
 
+from ..postprocess import top_k_per_class
 from .classifier import NormalizedLinear
 from .image_labels import ImageLabelRCNN
 
@@ -115,6 +116,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         prior_prob: float = 0.001,
         classifier: str = "linear",
         classifier_scale: float = 20.0,
+        topk_per_class: int = 0,
         **kwargs,
     ):
         """
@@ -125,9 +127,14 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             prior_prob (float): initial probability of the sigmoid columns.
             classifier (str): "linear" (detectron2's) or "cosine" (:class:`NormalizedLinear`).
             classifier_scale (float): τ of the cosine classifier.
+            topk_per_class (int): when > 0, inference keeps up to this many detections of
+                each class per image instead of the per-image top ``test_topk_per_image``.
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
+        self.topk_per_class = int(topk_per_class)
+        if self.topk_per_class > 0:
+            self.test_topk_per_image = -1  # no per-image cap; ``inference`` caps per class
         if classifier == "cosine":
             self.cls_score = NormalizedLinear(self.cls_score.in_features, self.cls_score.out_features, classifier_scale)
         elif classifier != "linear":
@@ -160,6 +167,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                 "prior_prob": cfg.LTDET.CLS_LOSS.PRIOR_PROB,
                 "classifier": cfg.LTDET.CLASSIFIER.NAME,
                 "classifier_scale": cfg.LTDET.CLASSIFIER.SCALE,
+                "topk_per_class": cfg.LTDET.TEST.TOPK_PER_CLASS,
             }
         )
         return ret
@@ -236,6 +244,13 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         if not rows:
             return torch.zeros(0, self.num_classes, dtype=torch.bool, device=gt_classes.device)
         return cat(rows, dim=0)
+
+    def inference(self, predictions, proposals: List[Instances]):
+        """detectron2's inference; with ``topk_per_class`` the top K of each class per image."""
+        instances, kept = super().inference(predictions, proposals)
+        if self.topk_per_class > 0:
+            instances = [top_k_per_class(i, self.topk_per_class) for i in instances]
+        return instances, kept
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
