@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/dense_loss_speed.py
 	$(PY) bench/hook_overhead.py
 	$(PY) bench/config_iteration_time.py
+	$(PY) bench/lvis_eval_speed.py
 
 clean-output:
 	rm -rf output
