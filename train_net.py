@@ -5,6 +5,7 @@ Examples:
     python train_net.py --config-file configs/synthetic/faster_rcnn_eqlv2.yaml
     python train_net.py --config-file configs/lvis_v1/faster_rcnn_R_50_FPN_eqlv2_1x.yaml --num-gpus 8
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python train_net.py --config-file SOFTMAX_CONFIG --eval-only MODEL.WEIGHTS ... LTDET.TEST.NORCAL.GAMMAS "[0, 0.5, 1]"
     python train_net.py --config-file CONFIG --resume
 """
 import ltdet  # noqa: F401  (registers ltdet's models, losses and datasets)
@@ -33,6 +34,8 @@ def main(args):
         model = Trainer.build_model(cfg)
         # refuses weights trained with another meta-architecture or loss (LTDET.CHECKPOINT.ALLOW_MISMATCH)
         Trainer.build_checkpointer(cfg, model, strict=True).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if len(cfg.LTDET.TEST.NORCAL.GAMMAS):  # one evaluation per NorCal gamma
+            return Trainer.norcal_sweep(cfg, model)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Long-tail study: every ltdet method on the synthetic dataset, same schedule and seeds.
+"""Long-tail study: every ltdet method on a synthetic dataset, same schedule and seeds.
 
 Trains every synthetic method config (``configs/synthetic/faster_rcnn_*.yaml``, ``atss_*.yaml``: one per
 registered loss, plus the decoupled ones) with ``train_net.py``
@@ -7,7 +7,10 @@ once per seed (``--jobs`` subprocesses at a time, each with ``OMP_NUM_THREADS`` 
 then reads the last evaluation of each run's ``metrics.json`` (bbox AP, AP50, APr, APc, APf, AP1..AP5)
 and writes, under ``--out``:
 
-- ``results.md``: mean ± std over seeds per method (markdown table); ``results.json``: every run's numbers;
+- ``results.md``: mean ± std over seeds per method; per-seed paired differences of each method against the
+  baseline its paper compares with (``COMPARED_WITH``: sigmoid for EQL/EQLv2, softmax for Seesaw/ACSL/cRT,
+  focal for EFL/EQFL/EQLv2-focal) with a paired t-test; the accumulated gradient ratio of every method's
+  rare / common / frequent group (``grad_stats.json``); ``results.json``: every run's numbers;
 - ``grad_ratio_two_stage.png`` / ``grad_ratio_dense.png``: ``tools/plot_grad_ratio.py`` overlays of the
   first seed's runs;
 - ``<method>/seed<k>/``: the runs (``stdout.log`` holds train_net's output).
@@ -17,24 +20,41 @@ Decoupled methods (ACSL's fine-tune, cRT) start from another method's model: the
 and points each seed's second stage at the same seed's baseline run.
 
 Resumable: a run whose ``metrics.json`` already holds the final evaluation is skipped, an unfinished one
-continues from its last checkpoint (``--resume``). The synthetic dataset is generated (default parameters)
-under ``$DETECTRON2_DATASETS/synthetic_lt`` if absent, and both NUM_CLASSES keys are set from it.
-``--max-iter`` rescales ``SOLVER.STEPS``, ``WARMUP_ITERS`` and ``CHECKPOINT_PERIOD`` with it. Config
-overrides for every run follow the flags (after a single-value flag, or after ``--``); they come last on
-each train_net.py command line, so they win.
+continues from its last checkpoint (``--resume``), so the study can be stopped and continued in a later session.
+
+Profiles (``--profile``, see ``PROFILES``):
+
+- ``demo``: the embedded dataset (``ltdet.data.synthetic``, 40 classes, 1,000 images) and the configs as
+  they are;
+- ``lvis_like``: the LVIS-like dataset (``ltdet.data.synthetic_lvis``: 300 classes in LVIS's r/c/f
+  proportions, a rare class in 1-10 of 20,000 training images, 4,000 validation images), 64 x 64 input,
+  anchors halved, 16 images per batch, the two-stage schedule 1.5x the configs' (1,500 iterations, about
+  1.2 epochs) and the dense one 3x (EFL trains 2x where EQLv2 trains 1x; a tiny ATSS iteration is 3x
+  cheaper); the end-to-end ACSL ablation is left out.
+
+The profile's dataset is generated under ``$DETECTRON2_DATASETS/<folder>`` if absent and both NUM_CLASSES
+keys are set from it. ``--max-iter`` replaces the profile's schedule (``SOLVER.STEPS``, ``WARMUP_ITERS``
+and ``CHECKPOINT_PERIOD`` rescaled with it). Config overrides for every run follow the flags (after a
+single-value flag, or after ``--``); they come last on each train_net.py command line, so they win.
 
 Examples:
     python bench/long_tail_study.py --seeds 0 1 2 --jobs 4 --device cuda --out output/long_tail_study
+    OMP_NUM_THREADS=1 python bench/long_tail_study.py --profile lvis_like --seeds 0 1 2 --jobs 2 \
+        --out output/lvis_like_study
     python bench/long_tail_study.py --methods faster_rcnn_softmax atss_focal --seeds 0 --max-iter 2 \\
         --out /tmp/smoke SOLVER.IMS_PER_BATCH 2
 """
 import argparse
 import glob
+import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -45,6 +65,83 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Config-name prefix of each loss family's synthetic detector.
 FAMILY_PREFIX = {"two_stage": "faster_rcnn", "dense": "atss"}
 METRICS = ("AP", "AP50", "APr", "APc", "APf", "AP1", "AP2", "AP3", "AP4", "AP5")
+#: Metrics of the paired comparison with a method's baseline.
+PAIRED_METRICS = ("AP", "APr", "APc", "APf")
+#: The baseline each method's paper compares with: EQL (Tan et al. 2020, Tab. 1) and EQLv2 (Tab. 1) report
+#: their gain over sigmoid BCE; Seesaw (Tab. 1), ACSL (Tab. 2) and cRT (EQLv2 Tab. 1 f) over softmax CE (ACSL
+#: and cRT fine-tune that very model); EFL (Tab. 2/3) and EQFL / EQLv2-focal (EFL Tab. 3) over focal loss; the
+#: federated loss (CenterNet2) replaces the sigmoid BCE over all classes; ECM (ltdet's choice) is compared with
+#: detectron2's default softmax CE.
+COMPARED_WITH = {
+    "faster_rcnn_eql": "faster_rcnn_sigmoid",
+    "faster_rcnn_eqlv2": "faster_rcnn_sigmoid",
+    "faster_rcnn_seesaw": "faster_rcnn_softmax",
+    "faster_rcnn_acsl": "faster_rcnn_softmax",
+    "faster_rcnn_acsl_end2end": "faster_rcnn_softmax",
+    "faster_rcnn_crt": "faster_rcnn_softmax",
+    "faster_rcnn_sigmoid": "faster_rcnn_softmax",
+    "faster_rcnn_federated": "faster_rcnn_sigmoid",
+    "faster_rcnn_federated_eqlv2": "faster_rcnn_sigmoid",
+    "faster_rcnn_ecm": "faster_rcnn_softmax",
+    "atss_efl": "atss_focal",
+    "atss_eqfl": "atss_focal",
+    "atss_eqlv2_focal": "atss_focal",
+}
+#: Two-sided 95% critical values of Student's t with 1..10 degrees of freedom (a paired t-test over seeds).
+T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+_LVIS_LIKE_INPUT = (
+    "DATASETS.TRAIN", '("synthetic_lvis_train",)', "DATASETS.TEST", '("synthetic_lvis_val",)',
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "16",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A dataset and the config overrides that fit the synthetic configs to it.
+
+    Attributes:
+        folder: the dataset's folder under ``$DETECTRON2_DATASETS``.
+        generator: ``"module:function"`` writing the dataset into a root given as first argument.
+        opts: family (``FAMILY_PREFIX`` key) -> config overrides of its runs.
+        schedule_scale: family -> factor on the configs' ``SOLVER`` schedule (absent: 1).
+        method_opts: method -> config overrides of its runs only (after the family's).
+        excluded: methods not in the profile's default method list.
+        default_out: default ``--out``.
+    """
+
+    folder: str
+    generator: str
+    opts: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    schedule_scale: Dict[str, float] = field(default_factory=dict)
+    method_opts: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    excluded: Tuple[str, ...] = ()
+    default_out: str = "output/long_tail_study"
+
+
+PROFILES = {
+    "demo": Profile("synthetic_lt", "ltdet.data.synthetic:generate"),
+    "lvis_like": Profile(
+        "synthetic_lvis",
+        "ltdet.data.synthetic_lvis:generate_lvis_like",
+        opts={
+            # objects of 16-44 px in 64 px images: the demo's anchors (16-256 on P2-P6) halved
+            "two_stage": _LVIS_LIKE_INPUT + ("MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]"),
+            "dense": _LVIS_LIKE_INPUT,
+        },
+        schedule_scale={"two_stage": 1.5, "dense": 3.0},
+        # the federated class set: LVIS's 50 (about the classes present in a batch of 16), not the demo's 20
+        method_opts={m: ("LTDET.FED_LOSS.NUM_CLASSES", "50")
+                     for m in ("faster_rcnn_federated", "faster_rcnn_federated_eqlv2")},
+        excluded=("faster_rcnn_acsl_end2end",),
+        default_out="output/lvis_like_study",
+    ),
+}
+
+
+def family_of(method):
+    return next(family for family, prefix in FAMILY_PREFIX.items() if method.startswith(prefix + "_"))
 
 
 def config_path(method):
@@ -90,45 +187,55 @@ METHODS = study_methods()
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="dataset and schedule (default: demo)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="SEED of each repetition")
-    parser.add_argument("--max-iter", type=int, default=None, help="SOLVER.MAX_ITER (default: the configs')")
+    parser.add_argument("--max-iter", type=int, default=None, help="SOLVER.MAX_ITER (default: the profile's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores shared by the jobs")
     parser.add_argument("--device", default=None, help="MODEL.DEVICE of every run (cpu, cuda)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
-                        help=f"subset of {', '.join(METHODS)}")
-    parser.add_argument("--out", default="output/long_tail_study", help="output directory")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
+                        help=f"subset of {', '.join(METHODS)} (default: the profile's)")
+    parser.add_argument("--out", default=None, help="output directory (default: the profile's)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    profile = PROFILES[args.profile]
+    if args.methods is None:
+        args.methods = [m for m in METHODS if m not in profile.excluded]
+    args.out = args.out or profile.default_out
     return args
 
 
-def dataset_root():
-    return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "synthetic_lt")
+def dataset_root(profile):
+    return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), profile.folder)
 
 
-def ensure_dataset():
-    """Generate the synthetic dataset if absent; return its number of classes."""
+def ensure_dataset(profile):
+    """Generate the profile's dataset if absent; return its number of classes."""
     from ltdet.data.datasets import read_lvis_categories
-    from ltdet.data.synthetic import generate
 
-    root = dataset_root()
+    root = dataset_root(profile)
     if not os.path.isfile(os.path.join(root, "train.json")):
-        print(f"generating the synthetic dataset in {root}")
-        generate(root)
+        module, function = profile.generator.split(":")
+        print(f"generating the {profile.folder} dataset in {root}", flush=True)
+        getattr(importlib.import_module(module), function)(root)
     return len(read_lvis_categories(os.path.join(root, "train.json"))[0])
 
 
-def schedule_opts(method, max_iter):
-    """``SOLVER.*`` overrides that scale the config's schedule to ``max_iter`` iterations."""
-    if max_iter is None:
-        return []
+def run_schedule(method, max_iter=None, scale=1.0):
+    """(SOLVER.MAX_ITER, overrides) of a run: the config's schedule, scaled by ``scale`` or to ``max_iter``.
+
+    The overrides rescale ``SOLVER.STEPS``, ``WARMUP_ITERS`` and ``CHECKPOINT_PERIOD`` with the length.
+    """
     cfg = load_method_config(method)
+    if max_iter is None and scale == 1.0:
+        return cfg.SOLVER.MAX_ITER, []
+    if max_iter is None:
+        max_iter = max(1, round(cfg.SOLVER.MAX_ITER * scale))
     scale = max_iter / cfg.SOLVER.MAX_ITER
     steps = sorted({round(s * scale) for s in cfg.SOLVER.STEPS} & set(range(1, max_iter)))
-    return [
+    return max_iter, [
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.STEPS", str(tuple(steps)),
         "SOLVER.WARMUP_ITERS", str(max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))),
@@ -162,12 +269,6 @@ def final_metrics(run_dir, max_iter):
     if last is None or last.get("iteration", -1) < max_iter - 1:
         return None
     return {k[len("bbox/"):]: v for k, v in last.items() if k.startswith("bbox/")}
-
-
-def run_max_iter(method, max_iter):
-    if max_iter is not None:
-        return max_iter
-    return load_method_config(method).SOLVER.MAX_ITER
 
 
 def train(job):
@@ -206,6 +307,77 @@ def summarize(results, methods):
     return "\n".join(lines)
 
 
+def paired_differences(results, methods):
+    """Per-seed differences of ``PAIRED_METRICS`` against each method's ``COMPARED_WITH`` baseline (in place,
+    ``results[method]["paired"]``); return the markdown table.
+
+    A cell is ``mean ± std (per-seed differences)``, marked ``*`` when a paired two-sided t-test over the
+    seeds rejects "no difference" at 5% (``T_CRITICAL_95``; needs >= 2 seeds and a non-zero spread).
+    """
+    lines = ["| method | vs | seeds | " + " | ".join(f"Δ{k}" for k in PAIRED_METRICS) + " |",
+             "|" + "---|" * (len(PAIRED_METRICS) + 3)]
+    for method in methods:
+        baseline = COMPARED_WITH.get(method)
+        if baseline not in results:
+            continue
+        runs, base = results[method]["runs"], results[baseline]["runs"]
+        seeds = sorted(set(runs) & set(base), key=int)
+        if not seeds:
+            continue
+        paired, cells = {"baseline": baseline, "seeds": [int(x) for x in seeds]}, []
+        for key in PAIRED_METRICS:
+            diffs = [runs[x][key] - base[x][key] for x in seeds if key in runs[x] and key in base[x]]
+            if not diffs:
+                cells.append("-")
+                continue
+            mean, std = mean_std(diffs)
+            n = len(diffs)
+            significant = n > 1 and std > 0 and abs(mean) / (std / math.sqrt(n)) > T_CRITICAL_95[min(n - 1, 10) - 1]
+            paired[key] = {"differences": diffs, "mean": mean, "std": std, "significant": bool(significant)}
+            per_seed = " ".join(f"{d:+.1f}" for d in diffs)
+            cells.append(f"{mean:+.1f} ± {std:.1f} ({per_seed}){' *' if significant else ''}")
+        results[method]["paired"] = paired
+        lines.append(f"| {method} | {method_label(baseline)} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def group_gradient_ratios(run_dir):
+    """Accumulated pos/neg gradient ratio per class group of a run (mean over the group's classes that
+    received negative gradient, as ``GradientRatioHook``'s ``grad_ratio/<group>`` scalars), or None."""
+    from ltdet.engine.grad_ratio_plot import grad_ratio
+    from ltdet.engine.grad_stats_file import load_grad_stats
+
+    try:
+        data = load_grad_stats(run_dir)
+    except (OSError, ValueError):
+        return None
+    stats = next(iter(data["stats"].values()))
+    ratio, groups = grad_ratio(stats["pos"], stats["neg"]), np.asarray(data["groups"])
+    out = {}
+    for index, name in enumerate(data["group_names"]):
+        values = ratio[(groups == index) & np.isfinite(ratio)]
+        if values.size:
+            out[name] = float(values.mean())
+    return out
+
+
+def gradient_ratio_table(results, methods, out, seeds):
+    """Mean over seeds of each method's group ratios (in place, ``results[method]["grad_ratio"]``); return
+    the markdown table."""
+    names = ("rare", "common", "frequent")
+    lines = ["| method | runs | " + " | ".join(f"ratio {g}" for g in names) + " |", "|" + "---|" * 5]
+    for method in methods:
+        per_seed = [group_gradient_ratios(os.path.join(out, method, f"seed{seed}")) for seed in seeds]
+        per_seed = [r for r in per_seed if r]
+        if not per_seed:
+            continue
+        mean = {g: float(np.mean([r[g] for r in per_seed if g in r])) for g in names if any(g in r for r in per_seed)}
+        results[method]["grad_ratio"] = {"mean": mean, "runs": per_seed}
+        cells = [f"{mean[g]:.3f}" if g in mean else "-" for g in names]
+        lines.append(f"| {method} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def method_label(method):
     """The method name without its detector prefix (``faster_rcnn_eqlv2`` -> ``eqlv2``)."""
     return next(method[len(p) + 1:] for p in FAMILY_PREFIX.values() if method.startswith(p + "_"))
@@ -230,8 +402,9 @@ def plot_grad_ratio(out, family, methods, seed):
 
 def main(argv=None):
     args = parse_args(argv)
+    profile = PROFILES[args.profile]
     out = os.path.abspath(args.out)
-    num_classes = ensure_dataset()
+    num_classes = ensure_dataset(profile)
     threads = str(max(1, args.cores // max(1, args.jobs)))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     common = ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "MODEL.LTDET_DENSE.NUM_CLASSES", str(num_classes)]
@@ -241,11 +414,15 @@ def main(argv=None):
     missing = sorted({b for b in baselines.values() if b and b not in args.methods})
     if missing:
         raise SystemExit(f"decoupled methods need their first stage in --methods too: {missing}")
-    max_iters, waves = {}, ([], [])
+    max_iters, schedules, waves = {}, {}, ([], [])
     for method in args.methods:
-        max_iters[method] = run_max_iter(method, args.max_iter)
-        schedule = schedule_opts(method, args.max_iter)
-        for seed in args.seeds:
+        family = family_of(method)
+        max_iters[method], schedules[method] = run_schedule(
+            method, args.max_iter, profile.schedule_scale.get(family, 1.0))
+        schedules[method] = list(profile.opts.get(family, ())) + list(profile.method_opts.get(method, ())) \
+            + schedules[method]
+    for seed in args.seeds:  # seed-major: a first complete comparison early
+        for method in args.methods:
             run_dir = os.path.join(out, method, f"seed{seed}")
             if final_metrics(run_dir, max_iters[method]) is not None:
                 print(f"skip (finished): {method} seed {seed}")
@@ -254,7 +431,8 @@ def main(argv=None):
             if baselines[method]:
                 stage = ["MODEL.WEIGHTS", os.path.join(out, baselines[method], f"seed{seed}", "model_final.pth")]
             cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method),
-                   "--resume", *common, *schedule, *stage, "SEED", str(seed), "OUTPUT_DIR", run_dir, *args.opts]
+                   "--resume", *common, *schedules[method], *stage, "SEED", str(seed), "OUTPUT_DIR", run_dir,
+                   *args.opts]
             waves[bool(baselines[method])].append((method, seed, run_dir, cmd, env))
     jobs = waves[0] + waves[1]
     print(f"{len(jobs)} runs to train ({len(waves[1])} second stages after their baselines), {args.jobs} at a "
@@ -277,19 +455,25 @@ def main(argv=None):
                 runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
         results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs}
     table = summarize(results, args.methods)
+    paired = paired_differences(results, args.methods)
+    ratios = gradient_ratio_table(results, args.methods, out, args.seeds)
     figures = [plot_grad_ratio(out, family, [m for m in args.methods if m.startswith(prefix + "_")], args.seeds[0])
                for family, prefix in FAMILY_PREFIX.items()]
-    settings = {"seeds": args.seeds, "max_iter": args.max_iter, "device": args.device, "opts": args.opts,
-                "num_classes": num_classes, "command": " ".join(sys.argv)}
+    settings = {"profile": args.profile, "seeds": args.seeds, "max_iter": max_iters, "device": args.device,
+                "opts": args.opts, "num_classes": num_classes, "command": " ".join(sys.argv)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"settings": settings, "methods": results}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("# Long-tail study (synthetic dataset)\n\n")
+        f.write(f"# Long-tail study (synthetic dataset, profile {args.profile})\n\n")
         f.write(f"bbox metrics of the final evaluation, mean ± std over seeds {args.seeds}; "
                 f"`{settings['command']}`\n\n{table}\n\n")
+        f.write("Paired differences with the baseline each paper compares with (same seed), mean ± std "
+                "(per seed); * = paired t-test, p < 0.05:\n\n" + paired + "\n\n")
+        f.write("Accumulated positive / negative gradient ratio of the classification logits at the end of "
+                "training, mean over each group's classes (and over seeds):\n\n" + ratios + "\n\n")
         for path in filter(None, figures):
             f.write(f"![{os.path.basename(path)}]({os.path.basename(path)})\n\n")
-    print(table)
+    print(table, paired, ratios, sep="\n\n")
     print(f"wrote {os.path.join(out, 'results.md')} and results.json")
     if failed:
         print(f"failed runs (see their stdout.log): {failed}")

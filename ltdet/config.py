@@ -18,8 +18,8 @@ def add_ltdet_config(cfg):
 
     # ------------------------------------------------------------------ losses
     _C.LTDET.CLS_LOSS = CN()
-    # Classification loss. Two-stage: softmax | sigmoid | eql | eqlv2 | acsl | seesaw.
-    # Dense: focal | efl | eqfl | eqlv2_focal.
+    # Classification loss. Two-stage: softmax | sigmoid | eql | eqlv2 | acsl | seesaw | federated |
+    # federated_eqlv2 | ecm. Dense: focal | efl | eqfl | eqlv2_focal.
     _C.LTDET.CLS_LOSS.NAME = "softmax"
     # Objectness (category-agnostic) branch for sigmoid losses (EQLv2 Sec. 3.3):
     # "auto" = the loss's paper default (on for EQLv2 only), "on" or "off".
@@ -71,6 +71,18 @@ def add_ltdet_config(cfg):
     _C.LTDET.SEESAW.P = 0.8
     # q: exponent of the compensation factor C_ij = (σ_j / σ_i)^q (Seesaw eq. 4).
     _C.LTDET.SEESAW.Q = 2.0
+
+    _C.LTDET.FED_LOSS = CN()
+    # Size of the class set of the federated loss per iteration: the classes present in the batch plus
+    # classes sampled without replacement (CenterNet2 / detectron2 main FED_LOSS_NUM_CLASSES: 50).
+    _C.LTDET.FED_LOSS.NUM_CLASSES = 50
+    # Sampling probability of a class ∝ image_count^power (detectron2 main FED_LOSS_FREQ_WEIGHT_POWER: 0.5).
+    _C.LTDET.FED_LOSS.FREQ_WEIGHT_POWER = 0.5
+
+    _C.LTDET.ECM = CN()
+    # Background count / sum of the foreground image counts of the ECM margins (official ECM-Loss
+    # EffectiveClassMarginLoss(fg_bg_ratio=6.3313), "empirical fg-bg ratio from Mask-RCNN").
+    _C.LTDET.ECM.FG_BG_RATIO = 6.3313
 
     _C.LTDET.FOCAL = CN()
     # α of focal loss (balances positives and negatives).
@@ -141,6 +153,14 @@ def add_ltdet_config(cfg):
     # instead of the top TEST.DETECTIONS_PER_IMAGE of the image, so that every class can reach its
     # 10,000 detections for AP_fixed; the evaluator still caps the standard AP at TEST.DETECTIONS_PER_IMAGE.
     _C.LTDET.TEST.TOPK_PER_CLASS = 0
+    _C.LTDET.TEST.NORCAL = CN()
+    # NorCal (Pan et al., NeurIPS 2021) post-hoc calibration of a softmax detector's scores: exp(z_c) of each
+    # foreground class divided by N_c^gamma, background untouched, renormalised. 0 = off.
+    _C.LTDET.TEST.NORCAL.GAMMA = 0.0
+    # --eval-only: evaluate once per gamma in this list (a sweep; results in OUTPUT_DIR/norcal_sweep.json).
+    _C.LTDET.TEST.NORCAL.GAMMAS = []
+    # N_c: the training set's "instance" or "image" count of each class.
+    _C.LTDET.TEST.NORCAL.COUNT = "instance"
 
     # ------------------------------------------------------------ backbone
     _C.MODEL.TINY_RESNET = CN()

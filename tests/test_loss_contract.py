@@ -41,7 +41,8 @@ def build(name, **overrides):
 
 # ------------------------------------------------------------------ registry
 def test_registry_lists_every_loss_by_family():
-    assert LOSS_REGISTRY.names("two_stage") == ("softmax", "sigmoid", "eql", "eqlv2", "acsl", "seesaw")
+    assert LOSS_REGISTRY.names("two_stage") == (
+        "softmax", "sigmoid", "eql", "eqlv2", "acsl", "seesaw", "federated", "federated_eqlv2", "ecm")
     assert LOSS_REGISTRY.names("dense") == ("focal", "efl", "eqfl", "eqlv2_focal")
     for name, cls in LOSS_REGISTRY:
         assert issubclass(cls, ClassificationLoss) and cls.name == name
@@ -75,6 +76,8 @@ def test_objectness_is_honoured_or_rejected():
         build("seesaw", **{"LTDET.CLS_LOSS.OBJECTNESS": "off"})
     with pytest.raises(ValueError, match=r"OBJECTNESS = 'on' is not supported by loss 'focal'"):
         build("focal", **{"LTDET.CLS_LOSS.OBJECTNESS": "on"})
+    with pytest.raises(ValueError, match=r"OBJECTNESS = 'on' is not supported by loss 'federated'"):
+        build("federated", **{"LTDET.CLS_LOSS.OBJECTNESS": "on"})
     for name in ("sigmoid", "eql", "eqlv2", "acsl"):
         for value, expected in (("on", True), ("off", False)):
             assert build(name, **{"LTDET.CLS_LOSS.OBJECTNESS": value}).objectness is expected
@@ -106,13 +109,13 @@ def test_focal_alpha_is_rejected_for_eqfl():
     assert build("eqfl", **{"LTDET.FOCAL.GAMMA": 1.5}).gamma_b == 1.5
 
 
-@pytest.mark.parametrize("name", ["eqlv2", "efl", "eqfl", "eqlv2_focal"])
+@pytest.mark.parametrize("name", ["eqlv2", "federated_eqlv2", "efl", "eqfl", "eqlv2_focal"])
 def test_statistics_cannot_be_switched_off_for_losses_that_need_them(name):
     with pytest.raises(ValueError, match=r"GRAD_STATS.ENABLED = False.*" + name):
         build(name, **{"LTDET.GRAD_STATS.ENABLED": False})
 
 
-@pytest.mark.parametrize("name", ["softmax", "sigmoid", "eql", "acsl", "seesaw", "focal"])
+@pytest.mark.parametrize("name", ["softmax", "sigmoid", "eql", "acsl", "seesaw", "federated", "ecm", "focal"])
 def test_statistics_switch_is_honoured_by_the_others(name):
     assert build(name, **{"LTDET.GRAD_STATS.ENABLED": False}).grad_stats is None
     assert build(name).grad_stats is not None

@@ -20,7 +20,17 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ltdet import add_ltdet_config
-from ltdet.losses import LOSS_REGISTRY, ACSLLoss, EQLLoss, EQLv2Loss, SeesawLoss, SigmoidBCELoss, SoftmaxCELoss
+from ltdet.losses import (
+    LOSS_REGISTRY,
+    ACSLLoss,
+    EQLLoss,
+    EQLv2Loss,
+    FederatedEQLv2Loss,
+    FederatedLoss,
+    SeesawLoss,
+    SigmoidBCELoss,
+    SoftmaxCELoss,
+)
 from ltdet.modeling.roi_heads import (
     ImageLabelRCNN,
     LongTailCascadeROIHeads,
@@ -48,6 +58,8 @@ KWARG_LOSSES = {
     "eqlv2": lambda: EQLv2Loss(C),
     "acsl": lambda: ACSLLoss(C, class_groups=GROUPS),
     "seesaw": lambda: SeesawLoss(C),
+    "federated": lambda: FederatedLoss(C, FREQ, num_fed_classes=3),
+    "federated_eqlv2": lambda: FederatedEQLv2Loss(C, FREQ, num_fed_classes=3),
 }
 
 
@@ -120,7 +132,7 @@ def test_predictor_from_kwargs_shapes_and_prior_bias(loss):
     scores, deltas = box_predictor(torch.randn(7, 8))
     assert scores.shape == (7, C + 1) and deltas.shape == (7, 4 * C)
     bias = box_predictor.cls_score.bias.detach()
-    if loss in ("sigmoid", "eql", "eqlv2", "acsl"):
+    if box_predictor.cls_loss.activation == "sigmoid":  # sigmoid, EQL, EQLv2, ACSL, federated, ECM
         assert torch.allclose(bias, torch.full((C + 1,), PRIOR_BIAS))
         assert torch.allclose(torch.sigmoid(bias), torch.full((C + 1,), 1e-3))
     else:  # softmax CE; Seesaw's objectness column is a 2-way softmax starting at p_obj = 0.5
@@ -131,8 +143,9 @@ def test_predictor_from_kwargs_shapes_and_prior_bias(loss):
 def test_predictor_from_config_holds_loss_as_submodule(loss):
     cfg = base_cfg(loss)
     box_predictor = LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
-    expected = {"softmax": SoftmaxCELoss, "sigmoid": SigmoidBCELoss, "eql": EQLLoss,
-                "eqlv2": EQLv2Loss, "acsl": ACSLLoss, "seesaw": SeesawLoss}[loss]
+    expected = {"softmax": SoftmaxCELoss, "sigmoid": SigmoidBCELoss, "eql": EQLLoss, "eqlv2": EQLv2Loss,
+                "acsl": ACSLLoss, "seesaw": SeesawLoss, "federated": FederatedLoss,
+                "federated_eqlv2": FederatedEQLv2Loss}.get(loss, LOSS_REGISTRY.get(loss))
     assert type(box_predictor.cls_loss) is expected
     assert box_predictor(torch.randn(3, 8))[0].shape == (3, C + 1)
     assert ("image_label_mask" in box_predictor.cls_loss.extra_inputs) == (loss == "eql")

@@ -37,7 +37,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from .category_stats import clear_category_stats_cache
-from .datasets import SYNTHETIC_SPLITS, drop_invalid_boxes, read_lvis_categories, register_lvis_format_dataset
+from .datasets import SYNTHETIC_LVIS_SPLITS, SYNTHETIC_SPLITS, drop_invalid_boxes, read_lvis_categories, register_lvis_format_dataset
 
 __all__ = [
     "FORMATS",
@@ -166,6 +166,7 @@ def check_dataset_files(cfg, eval_only=False):
             if path is not None and not exists(path):
                 hint = (
                     "; generate it with `python -m ltdet.data.synthetic`" if name in SYNTHETIC_SPLITS
+                    else "; generate it with `python -m ltdet.data.synthetic_lvis`" if name in SYNTHETIC_LVIS_SPLITS
                     else " (see datasets/README.md)"
                 )
                 raise FileNotFoundError(f"dataset '{name}': {key} not found: {path}{hint}")

@@ -38,6 +38,8 @@ __all__ = [
 
 #: Registered name -> json file name under the synthetic dataset's root.
 SYNTHETIC_SPLITS = {"synthetic_lt_train": "train.json", "synthetic_lt_val": "val.json"}
+#: The same for the LVIS-like profile (``ltdet.data.synthetic_lvis``) under ``synthetic_lvis``.
+SYNTHETIC_LVIS_SPLITS = {"synthetic_lvis_train": "train.json", "synthetic_lvis_val": "val.json"}
 _IMAGE_LEVEL_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
@@ -197,19 +199,20 @@ def register_lvis_format_dataset(name, json_file, image_root, metadata=None):
     )
 
 
-def register_synthetic(root=None):
-    """Register ``synthetic_lt_train`` / ``synthetic_lt_val`` (paths only).
+def register_synthetic(root=None, splits=None, folder="synthetic_lt"):
+    """Register ``synthetic_lt_train`` / ``synthetic_lt_val`` (or ``splits``; paths only).
 
     Calling it again points the names at the new root.
 
     Args:
         root (str): the generator's output directory; default
-            ``$DETECTRON2_DATASETS/synthetic_lt`` (``datasets/synthetic_lt``).
+            ``$DETECTRON2_DATASETS/<folder>`` (``datasets/synthetic_lt``).
+        splits (dict): registered name -> json file name; default ``SYNTHETIC_SPLITS``.
+        folder (str): the default root's folder under ``$DETECTRON2_DATASETS``.
     """
     if root is None:
-        root = os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-                            "synthetic_lt")
-    for name, json_name in SYNTHETIC_SPLITS.items():
+        root = os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), folder)
+    for name, json_name in (splits or SYNTHETIC_SPLITS).items():
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
@@ -239,4 +242,5 @@ def use_ltdet_loader_for_builtin_lvis():
 
 
 register_synthetic()
+register_synthetic(splits=SYNTHETIC_LVIS_SPLITS, folder="synthetic_lvis")
 use_ltdet_loader_for_builtin_lvis()

@@ -44,12 +44,14 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-__all__ = ["CLASS_SPECS", "class_image_targets", "class_name", "generate", "summarize", "main"]
+__all__ = ["CLASS_SPECS", "RenderStyle", "class_image_targets", "class_name", "generate", "summarize", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,37 @@ _RARE = (
 )
 #: Class specs per group, in category-id order within the default dataset.
 CLASS_SPECS = {"f": _FREQUENT, "c": _COMMON, "r": _RARE}
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """How a split's images are planned and drawn (the default is the embedded dataset's).
+
+    Attributes:
+        max_objects (int): most distinct classes (and instances) per image.
+        colour_jitter (int): +- range of each RGB channel of an object's fill.
+        rotate (bool): rotate every object by a random angle (intra-class variation).
+        neg_fraction (tuple[float, float]): range of the per-image probability that an absent
+            class is listed in ``neg_category_ids``.
+        object_size (tuple[float, float]): object sides in pixels at 128 px (scaled with the image).
+    """
+
+    max_objects: int = 5
+    colour_jitter: int = 8
+    rotate: bool = False
+    neg_fraction: Tuple[float, float] = (0.3, 0.7)
+    object_size: Tuple[float, float] = (12.0, 50.0)
+
+
+DEFAULT_STYLE = RenderStyle()
+
+
+def _rgb(colour):
+    """A named colour of ``_COLOURS``, or "rgb_R_G_B"."""
+    if colour in _COLOURS:
+        return _COLOURS[colour]
+    _, r, g, b = colour.split("_")
+    return int(r), int(g), int(b)
 
 
 def class_name(spec):
@@ -160,7 +193,7 @@ def class_image_targets(num_train, num_frequent, num_common, num_rare):
     return np.concatenate(parts).round().astype(np.int64)
 
 
-def _plan_split(rng, targets, num_images, num_empty):
+def _plan_split(rng, targets, num_images, num_empty, max_objects=5):
     """Choose the object classes of every image of a split.
 
     Each class c lands in exactly ``targets[c]`` distinct images (so its image
@@ -171,11 +204,11 @@ def _plan_split(rng, targets, num_images, num_empty):
     """
     rows = np.setdiff1d(np.arange(num_images), rng.choice(num_images, num_empty, replace=False))
     total = int(targets.sum())
-    if len(rows) == 0 or targets.max() > len(rows) or total > 5 * len(rows):
+    if len(rows) == 0 or targets.max() > len(rows) or total > max_objects * len(rows):
         raise ValueError(f"{num_images} images ({num_empty} empty) cannot hold the class "
                          f"profile ({total} class occurrences, at most {targets.max()} per class)")
-    mean = min(5.0, 1.3 * total / len(rows))
-    remaining = 1 + rng.binomial(4, (mean - 1.0) / 4.0, size=len(rows))
+    mean = min(float(max_objects), 1.3 * total / len(rows))
+    remaining = 1 + rng.binomial(max_objects - 1, (mean - 1.0) / (max_objects - 1), size=len(rows))
     classes = [[] for _ in rows]
     for c in np.argsort(-targets, kind="stable"):
         avail = np.flatnonzero(remaining > 0)
@@ -193,7 +226,7 @@ def _plan_split(rng, targets, num_images, num_empty):
     plan = [[] for _ in range(num_images)]
     for r, row_classes in zip(rows, classes):
         objs = list(row_classes)
-        extra = min(rng.choice(3, p=[0.6, 0.3, 0.1]), 5 - len(objs))
+        extra = min(rng.choice(3, p=[0.6, 0.3, 0.1]), max_objects - len(objs))
         if objs and extra > 0:
             w = targets[objs].astype(np.float64)
             objs += [objs[i] for i in rng.choice(len(objs), extra, p=w / w.sum())]
@@ -212,18 +245,24 @@ def _background(rng, size):
     return Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
 
 
-def _draw(draw, rng, spec, box):
+def _draw(draw, rng, spec, box, style=DEFAULT_STYLE):
     """Draw one object; returns its polygon (K x 2, pixel coordinates)."""
     shape, colour, mark = spec
-    poly = np.round(_SHAPES[shape] * box[2:] + box[:2], 2)
-    fill = tuple(int(v) for v in np.clip(np.add(_COLOURS[colour], rng.integers(-8, 9, 3)), 0, 255))
+    unit = _SHAPES[shape]
+    if style.rotate:
+        angle = rng.uniform(0, 2 * np.pi)
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        unit = unit @ rotation.T
+    poly = np.round(unit * box[2:] + box[:2], 2)
+    jitter = style.colour_jitter
+    fill = tuple(int(v) for v in np.clip(np.add(_rgb(colour), rng.integers(-jitter, jitter + 1, 3)), 0, 255))
     draw.polygon([tuple(p) for p in poly], fill=fill)
     if mark:
         kind, mark_colour = mark.split(":")
         mx, my = np.add(box[:2], np.multiply(_MARK_CENTRES.get(shape, (0.0, 0.0)), box[2:]))
         rx, ry = np.multiply((0.3, 0.3) if kind == "dot" else (0.5, 0.14), box[2:])
         (draw.ellipse if kind == "dot" else draw.rectangle)(
-            [mx - rx, my - ry, mx + rx, my + ry], fill=_COLOURS[mark_colour])
+            [mx - rx, my - ry, mx + rx, my + ry], fill=_rgb(mark_colour))
     return poly
 
 
@@ -237,10 +276,11 @@ def _max_iou(box, boxes):
     return float((inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)).max())
 
 
-def _place(rng, size, boxes, num_objects):
+def _place(rng, size, boxes, num_objects, style=DEFAULT_STYLE):
     """Sample (cx, cy, hx, hy) inside the image, overlapping earlier boxes by IoU < 0.1."""
     scale = size / 128.0
-    lo, hi = 12 * scale, (50 if num_objects <= 3 else 40) * scale
+    small, large = style.object_size
+    lo, hi = small * scale, (large if num_objects <= 3 else 0.8 * large) * scale
     for attempt in range(40):
         s, aspect = rng.uniform(lo, hi), rng.uniform(0.85, 1.15)
         hx, hy = s / 2 * np.sqrt(aspect), s / 2 / np.sqrt(aspect)
@@ -264,7 +304,7 @@ def _cropped_box(rng, size):
     return np.array((across, along, h, h) if edge % 2 == 0 else (along, across, h, h))
 
 
-def _render(rng, size, objs, specs):
+def _render(rng, size, objs, specs, style=DEFAULT_STYLE):
     """Render one image; returns (image, [(class, polygon)], neg ids, not-exhaustive ids)."""
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
@@ -272,13 +312,13 @@ def _render(rng, size, objs, specs):
     if objs and rng.random() < _NOT_EXHAUSTIVE_PROB:
         c = objs[rng.integers(len(objs))]
         box = _cropped_box(rng, size)
-        _draw(draw, rng, specs[c], box)
+        _draw(draw, rng, specs[c], box, style)
         boxes.append(np.concatenate([box[:2] - box[2:], box[:2] + box[2:]]))
         not_exhaustive = [c]
-    anns = [(c, _draw(draw, rng, specs[c], _place(rng, size, boxes, len(objs)))) for c in objs]
+    anns = [(c, _draw(draw, rng, specs[c], _place(rng, size, boxes, len(objs), style), style)) for c in objs]
     pixels = np.asarray(image, np.float32) + 5.0 * rng.standard_normal((size, size, 3), np.float32)
     absent = np.array(sorted(set(range(len(specs))) - set(objs)), np.int64)
-    neg = absent[rng.random(len(absent)) < rng.uniform(0.3, 0.7)].tolist()
+    neg = absent[rng.random(len(absent)) < rng.uniform(*style.neg_fraction)].tolist()
     image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
     return image, anns, neg, not_exhaustive
 
@@ -331,11 +371,11 @@ def _categories(specs, train_annotations):
     return categories
 
 
-def _make_image(root, seed, image_size, specs, split, code, index, objs):
+def _make_image(root, seed, image_size, specs, style, split, code, index, objs):
     """Render and save one image (its own random stream); returns (image dict, anns)."""
     image_id = index + 1 + code * 1_000_000
     image, anns, neg, not_exhaustive = _render(
-        np.random.default_rng([seed, code, index]), image_size, objs, specs)
+        np.random.default_rng([seed, code, index]), image_size, objs, specs, style)
     file_name = f"{image_id:012d}.png"
     image.save(os.path.join(root, split, file_name), format="PNG", compress_level=1)
     return {
@@ -368,18 +408,41 @@ def generate(root, seed=0, num_train=1000, num_val=300, image_size=128, num_freq
     params = dict(version=GENERATOR_VERSION, seed=seed, num_train=num_train, num_val=num_val,
                   image_size=image_size, num_frequent=num_frequent, num_common=num_common,
                   num_rare=num_rare, val_min_images=val_min_images)
+    specs = _FREQUENT[:num_frequent] + _COMMON[:num_common] + _RARE[:num_rare]
+    train_targets = class_image_targets(num_train, num_frequent, num_common, num_rare)
+    val_targets = np.maximum(val_min_images, np.round(train_targets * num_val / num_train))
+    return generate_from_specs(root, params, specs, train_targets, val_targets.astype(np.int64), force=force,
+                               progress=progress)
+
+
+def generate_from_specs(root, params, specs, train_targets, val_targets, style=DEFAULT_STYLE, force=False,
+                        progress=True, description="ltdet synthetic long-tailed dataset"):
+    """Plan, render and write both splits for class ``specs`` and their per-split image counts.
+
+    Args:
+        root (str): output directory.
+        params (dict): the generator parameters (``seed``, ``num_train``, ``num_val``,
+            ``image_size``, ...), stored in the jsons; an existing dataset with the same
+            parameters is kept unless ``force``.
+        specs (list): (shape, colour, mark) per class, in id order.
+        train_targets, val_targets (int64[C]): images of each class per split.
+        style (RenderStyle): how images are planned and drawn.
+    Returns:
+        dict: ``{"train": path of train.json, "val": path of val.json}``.
+    """
+    if style != DEFAULT_STYLE:
+        params = dict(params, style=asdict(style))
+    params = json.loads(json.dumps(params))  # as stored in the json (tuples become lists)
+    seed, num_train, num_val, image_size = (params[k] for k in ("seed", "num_train", "num_val", "image_size"))
     paths = {s: os.path.join(root, f"{s}.json") for s in ("train", "val")}
     if not force and _is_complete(root, params):
         logger.info("Synthetic dataset already generated in %s (use --force to redo)", root)
         return paths
-    specs = _FREQUENT[:num_frequent] + _COMMON[:num_common] + _RARE[:num_rare]
-    train_targets = class_image_targets(num_train, num_frequent, num_common, num_rare)
-    val_targets = np.maximum(val_min_images, np.round(train_targets * num_val / num_train))
     plans = {
         "train": _plan_split(np.random.default_rng([seed, 0]), train_targets, num_train,
-                             max(1, num_train // 100)),
-        "val": _plan_split(np.random.default_rng([seed, 1]), val_targets.astype(np.int64),
-                           num_val, num_val // 15),
+                             max(1, num_train // 100), style.max_objects),
+        "val": _plan_split(np.random.default_rng([seed, 1]), val_targets, num_val, num_val // 15,
+                           style.max_objects),
     }
     for split in ("train", "val"):
         folder = os.path.join(root, split)
@@ -392,9 +455,10 @@ def generate(root, seed=0, num_train=1000, num_val=300, image_size=128, num_freq
              for index, objs in enumerate(plans[split])]
     splits = {"train": ([], []), "val": ([], [])}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda t: _make_image(root, seed, image_size, specs, *t), tasks)
+        results = pool.map(lambda t: _make_image(root, seed, image_size, specs, style, *t), tasks)
         for (split, _, _, _), (image, anns) in tqdm(
-                zip(tasks, results), total=len(tasks), desc="synthetic_lt", disable=not progress):
+                zip(tasks, results), total=len(tasks), desc=os.path.basename(root) or "synthetic",
+                disable=not progress):
             images, annotations = splits[split]
             images.append(image)
             for c, poly in anns:
@@ -402,8 +466,7 @@ def generate(root, seed=0, num_train=1000, num_val=300, image_size=128, num_freq
     categories = _categories(specs, splits["train"][1])
     for split in ("val", "train"):
         images, annotations = splits[split]
-        data = {"info": {"description": f"ltdet synthetic long-tailed dataset, {split} split",
-                         "generator": params},
+        data = {"info": {"description": f"{description}, {split} split", "generator": params},
                 "licenses": [], "categories": categories, "images": images,
                 "annotations": annotations}
         with open(paths[split] + ".tmp", "w") as f:

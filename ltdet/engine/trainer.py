@@ -14,17 +14,22 @@ On top of ``DefaultTrainer`` (model, optimizer, scheduler, hooks, launcher):
 * decoupled training (``LTDET.TRAIN_ONLY``, ``LTDET.REINIT``, ``decoupled.py``) and
   gradient clipping over the whole model (``CLIP_TYPE "full_model"``, ``optimizer.py``).
 """
+import json
 import logging
 import os
 import weakref
+from collections import OrderedDict
 
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
+from detectron2.utils import comm
 
 from ltdet.data.train_loader import NamedFileMapper, build_resumable_train_loader
 from ltdet.evaluation import build_ltdet_evaluator
+from ltdet.modeling.roi_heads.norcal import NorCal
 
+from .atomic_io import atomic_open
 from .checkpoint import LongTailCheckpointer, model_identity
 from .decoupled import restore_parameters, snapshot_parameters, train_only
 from .defaults import insert_before
@@ -44,6 +49,14 @@ _D2_SAVES_OPTIMIZER = DefaultTrainer.state_dict is not TrainerBase.state_dict
 
 class LongTailTrainer(DefaultTrainer):
     """The trainer of ``train_net.py`` (see the module docstring)."""
+
+    def __init__(self, cfg):
+        if len(cfg.LTDET.TEST.NORCAL.GAMMAS):
+            raise ValueError(
+                "LTDET.TEST.NORCAL.GAMMAS is a sweep for --eval-only; a training run evaluates with "
+                "LTDET.TEST.NORCAL.GAMMA"
+            )
+        super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -74,6 +87,41 @@ class LongTailTrainer(DefaultTrainer):
         """detectron2's evaluation, without moving the training RNG (so EVAL_PERIOD does not change training)."""
         with preserved_rng_state():
             return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def norcal_sweep(cls, cfg, model):
+        """Evaluate ``model`` once per γ of ``LTDET.TEST.NORCAL.GAMMAS`` (NorCal's calibration only
+        changes the scores, so one trained model serves every γ).
+
+        Returns:
+            OrderedDict: "norcal_gamma=<γ>" -> the results of :meth:`test`; also written, with the
+            γ list, to ``OUTPUT_DIR/norcal_sweep.json`` by the main process.
+        """
+        modules = [m for m in model.modules() if isinstance(m, NorCal)]
+        if not modules:
+            raise ValueError("the model has no NorCal module (LTDET.TEST.NORCAL needs loss 'softmax')")
+        default = modules[0].gamma
+        results = OrderedDict()
+        try:
+            for gamma in cfg.LTDET.TEST.NORCAL.GAMMAS:
+                for module in modules:
+                    module.gamma = gamma
+                logger.info("NorCal sweep: gamma = %g", gamma)
+                results[f"norcal_gamma={gamma:g}"] = cls.test(cfg, model)
+        finally:
+            for module in modules:
+                module.gamma = default
+        if comm.is_main_process():
+            lines = []
+            for name, res in results.items():
+                # test() returns {task: metrics} for one test set, {dataset: {task: metrics}} for several
+                bbox = res.get("bbox") or next((r["bbox"] for r in res.values() if "bbox" in r), {})
+                lines.append(f"{name}: " + ", ".join(f"{k} {bbox[k]:.2f}" for k in ("AP", "APr", "APc", "APf") if k in bbox))
+            logger.info("NorCal sweep (bbox):\n" + "\n".join(lines))
+            with atomic_open(os.path.join(cfg.OUTPUT_DIR, "norcal_sweep.json"), "w") as f:
+                json.dump({"gammas": list(cfg.LTDET.TEST.NORCAL.GAMMAS), "count": cfg.LTDET.TEST.NORCAL.COUNT,
+                           "results": results}, f, indent=1)
+        return results
 
     @classmethod
     def build_checkpointer(cls, cfg, model, strict=False, **checkpointables) -> LongTailCheckpointer:

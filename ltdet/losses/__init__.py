@@ -14,6 +14,8 @@ from .eql import EQLLoss
 from .eqlv2 import EQLv2Loss
 from .acsl import ACSLLoss
 from .seesaw import SeesawLoss
+from .federated import FederatedEQLv2Loss, FederatedLoss
+from .ecm import EffectiveClassMarginLoss
 from .focal import FocalLoss
 from .efl import EFLLoss, EQFLLoss, EQLv2FocalLoss
 from .build import build_classification_loss
@@ -28,6 +30,9 @@ __all__ = [
     "EQLv2Loss",
     "ACSLLoss",
     "SeesawLoss",
+    "FederatedLoss",
+    "FederatedEQLv2Loss",
+    "EffectiveClassMarginLoss",
     "FocalLoss",
     "EFLLoss",
     "EQFLLoss",

@@ -136,6 +136,6 @@ def build_classification_loss(
     try:
         return cls(num_classes, **kwargs)
     except InvalidHyperParameter as e:
-        keys = {"objectness": OBJECTNESS_KEY, **cls.config_keys}
+        keys = {"objectness": OBJECTNESS_KEY, "collect_stats": GRAD_STATS_KEY, **cls.config_keys}
         key = keys.get(e.arg, e.arg)
         raise ValueError(f"{key} = {e.value!r} is out of range for loss {cls.name!r}: it must be {e.valid}") from e

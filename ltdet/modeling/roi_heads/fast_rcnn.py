@@ -23,15 +23,16 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
 
-from ltdet.data.category_stats import train_category_stats
+from ltdet.data.category_stats import CategoryStatsError, train_category_stats
 from ltdet.losses import build_classification_loss
 from ltdet.losses.build import loss_class
 
 from ..postprocess import top_k_per_class
 from .classifier import NormalizedLinear
 from .image_labels import ImageLabelRCNN
+from .norcal import NorCal, check_gamma
 
-__all__ = ["LongTailFastRCNNOutputLayers", "build_roi_classification_loss", "roi_loss_priors"]
+__all__ = ["LongTailFastRCNNOutputLayers", "build_norcal", "build_roi_classification_loss", "roi_loss_priors"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,42 @@ def build_roi_classification_loss(cfg, num_classes: int, priors=None) -> nn.Modu
     return loss
 
 
+def build_norcal(cfg, cls_loss) -> "NorCal | None":
+    """NorCal of ``LTDET.TEST.NORCAL`` (None when GAMMA is 0 and no GAMMAS sweep is asked for).
+
+    Raises:
+        ValueError: the loss is not a (C+1)-way softmax with a background column (NorCal calibrates
+            the foreground classes against an untouched background), or COUNT is unknown.
+        CategoryStatsError: the training set's class counts cannot be read.
+    """
+    norcal = cfg.LTDET.TEST.NORCAL
+    if norcal.GAMMA == 0.0 and not len(norcal.GAMMAS):
+        return None
+    if cls_loss.activation != "softmax" or cls_loss.objectness:
+        raise ValueError(
+            f"LTDET.TEST.NORCAL calibrates a softmax classifier with a background class (NorCal, Pan et "
+            f"al. 2021); loss {cls_loss.name!r} is not one (its last column is "
+            f"{'an objectness task' if cls_loss.objectness else 'not a softmax background'}): use loss "
+            "'softmax', or leave LTDET.TEST.NORCAL.GAMMA at 0 and GAMMAS empty"
+        )
+    for key, values in (("GAMMA", [norcal.GAMMA]), ("GAMMAS", list(norcal.GAMMAS))):
+        for value in values:
+            try:
+                check_gamma(value)
+            except ValueError as e:
+                raise ValueError(f"LTDET.TEST.NORCAL.{key}: {e}") from None
+    if norcal.COUNT not in ("instance", "image"):
+        raise ValueError(f"LTDET.TEST.NORCAL.COUNT must be 'instance' or 'image', got {norcal.COUNT!r}")
+    try:
+        stats = train_category_stats(cfg, purpose="LTDET.TEST.NORCAL")
+    except CategoryStatsError as e:
+        raise CategoryStatsError(f"{e}; NorCal divides by the training class counts") from e
+    counts = stats.instance_count if norcal.COUNT == "instance" else stats.image_count
+    if counts.numel() != cls_loss.num_classes:
+        raise ValueError(f"NorCal: the training set has {counts.numel()} classes, the model {cls_loss.num_classes}")
+    return NorCal(counts, norcal.GAMMA)
+
+
 def _check_image_label_architecture(cfg, loss) -> None:
     """A loss that takes image-level labels needs a meta-architecture that provides them."""
     arch = cfg.MODEL.META_ARCHITECTURE
@@ -117,6 +154,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         classifier: str = "linear",
         classifier_scale: float = 20.0,
         topk_per_class: int = 0,
+        norcal: "NorCal | None" = None,
         **kwargs,
     ):
         """
@@ -129,6 +167,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             classifier_scale (float): τ of the cosine classifier.
             topk_per_class (int): when > 0, inference keeps up to this many detections of
                 each class per image instead of the per-image top ``test_topk_per_image``.
+            norcal (NorCal): test-time calibration of a softmax loss's probabilities, or None.
             kwargs: arguments of :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
@@ -155,15 +194,20 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob (LTDET.CLS_LOSS.PRIOR_PROB) must be in (0, 1), got {prior_prob}")
         self.cls_loss = cls_loss
+        if norcal is not None and norcal.num_classes != self.num_classes:
+            raise ValueError(f"norcal has {norcal.num_classes} classes, the predictor {self.num_classes}")
+        self.norcal = norcal
         self.prior_prob = float(prior_prob)
         self._init_prior_bias()
 
     @classmethod
     def from_config(cls, cfg, input_shape, priors=None):
         ret = super().from_config(cfg, input_shape)
+        cls_loss = build_roi_classification_loss(cfg, ret["num_classes"], priors)
         ret.update(
             {
-                "cls_loss": build_roi_classification_loss(cfg, ret["num_classes"], priors),
+                "cls_loss": cls_loss,
+                "norcal": build_norcal(cfg, cls_loss),
                 "prior_prob": cfg.LTDET.CLS_LOSS.PRIOR_PROB,
                 "classifier": cfg.LTDET.CLASSIFIER.NAME,
                 "classifier_scale": cfg.LTDET.CLASSIFIER.SCALE,
@@ -258,11 +302,11 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Per-image class probabilities from the loss's own activation.
 
         Returns:
-            list of Tensor[R_i, K]: softmax for CE; sigmoid scores, times
-            (1 - p_bg) with the objectness branch (EQLv2 eq. 10), for the sigmoid
-            family; Seesaw's softmax over C times p_obj. Column C is the
-            background score, dropped by ``fast_rcnn_inference``.
+            list of Tensor[R_i, K]: softmax for CE (NorCal-calibrated when ``norcal`` is set);
+            sigmoid scores, times (1 - p_bg) with the objectness branch (EQLv2 eq. 10), for the
+            sigmoid family; Seesaw's softmax over C times p_obj. Column C is the background
+            score, dropped by ``fast_rcnn_inference``.
         """
         scores, _ = predictions
-        probs = self.cls_loss.get_probs(scores)
+        probs = self.norcal(scores) if self.norcal is not None else self.cls_loss.get_probs(scores)
         return probs.split([len(p) for p in proposals], dim=0)

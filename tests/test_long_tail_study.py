@@ -1,0 +1,83 @@
+"""bench/long_tail_study.py's analysis: paired differences with a t-test, group gradient ratios, profiles."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from ltdet.engine.grad_stats_file import write_grad_stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("long_tail_study", os.path.join(REPO, "bench", "long_tail_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runs(values):
+    return {str(seed): {"AP": ap, "APr": apr, "APc": 10.0, "APf": 20.0} for seed, (ap, apr) in enumerate(values)}
+
+
+def test_paired_differences_and_t_test(study):
+    stats = pytest.importorskip("scipy.stats")
+    base = [(20.0, 1.0), (22.0, 0.0), (21.0, 2.0)]
+    method = [(21.0, 6.0), (23.2, 4.5), (21.9, 7.5)]  # AP +1.0 +1.2 +0.9: small but consistent
+    results = {"faster_rcnn_sigmoid": {"runs": _runs(base)},
+               "faster_rcnn_eqlv2": {"runs": {**_runs(method), "7": {"AP": 50.0}}}}  # seed 7: no baseline
+    table = study.paired_differences(results, ["faster_rcnn_sigmoid", "faster_rcnn_eqlv2"])
+    paired = results["faster_rcnn_eqlv2"]["paired"]
+    assert paired["baseline"] == "faster_rcnn_sigmoid" and paired["seeds"] == [0, 1, 2]
+    for key in ("AP", "APr"):
+        a = np.array([m[0 if key == "AP" else 1] for m in method])
+        b = np.array([m[0 if key == "AP" else 1] for m in base])
+        assert paired[key]["differences"] == pytest.approx((a - b).tolist())
+        assert paired[key]["mean"] == pytest.approx((a - b).mean())
+        assert paired[key]["std"] == pytest.approx((a - b).std(ddof=1))
+        assert paired[key]["significant"] == (stats.ttest_rel(a, b).pvalue < 0.05)
+    assert paired["AP"]["significant"] and paired["APr"]["significant"]
+    assert not paired["APc"]["significant"]  # no spread, no difference
+    assert "| faster_rcnn_eqlv2 | sigmoid | 3 |" in table and "+1.0 +1.2 +0.9" in table
+    # a noisy difference of the same mean is not significant
+    noisy = {"faster_rcnn_sigmoid": {"runs": _runs(base)},
+             "faster_rcnn_eqlv2": {"runs": _runs([(24.0, 1.0), (19.0, 0.0), (23.3, 2.0)])}}
+    study.paired_differences(noisy, ["faster_rcnn_eqlv2"])
+    assert noisy["faster_rcnn_eqlv2"]["paired"]["AP"]["mean"] == pytest.approx(1.1)
+    assert not noisy["faster_rcnn_eqlv2"]["paired"]["AP"]["significant"]
+    assert study.T_CRITICAL_95[1] == pytest.approx(stats.t.ppf(0.975, 2), abs=1e-3)
+
+
+def test_group_gradient_ratios_from_grad_stats(study, tmp_path):
+    run = tmp_path / "faster_rcnn_sigmoid" / "seed0"
+    run.mkdir(parents=True)
+    pos, neg = [1.0, 2.0, 3.0, 8.0, 0.5], [10.0, 10.0, 6.0, 8.0, 0.0]  # class 4: no negatives, left out
+    write_grad_stats(str(run), {"groups": [0, 0, 1, 2, 2], "group_names": ["rare", "common", "frequent"],
+                                "stats": {"roi_heads": {"pos": pos, "neg": neg}}})
+    assert study.group_gradient_ratios(str(run)) == pytest.approx({"rare": 0.15, "common": 0.5, "frequent": 1.0})
+    assert study.group_gradient_ratios(str(tmp_path / "missing")) is None
+    results = {"faster_rcnn_sigmoid": {"runs": {}}}
+    table = study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], str(tmp_path), [0, 1])
+    assert results["faster_rcnn_sigmoid"]["grad_ratio"]["mean"]["rare"] == pytest.approx(0.15)
+    assert "| faster_rcnn_sigmoid | 1 | 0.150 | 0.500 | 1.000 |" in table
+
+
+def test_profiles_scale_schedules_and_override_the_dataset(study):
+    assert set(study.COMPARED_WITH) <= set(study.METHODS)
+    assert set(study.COMPARED_WITH.values()) <= set(study.METHODS)
+    profile = study.PROFILES["lvis_like"]
+    max_iter, opts = study.run_schedule("faster_rcnn_sigmoid", scale=profile.schedule_scale["two_stage"])
+    base = study.load_method_config("faster_rcnn_sigmoid").SOLVER
+    assert max_iter == round(base.MAX_ITER * 1.5)
+    assert opts[opts.index("SOLVER.STEPS") + 1] == str(tuple(round(s * 1.5) for s in base.STEPS))
+    assert study.run_schedule("faster_rcnn_sigmoid") == (base.MAX_ITER, [])
+    assert study.run_schedule("atss_focal", max_iter=4)[0] == 4
+    args = study.parse_args(["--profile", "lvis_like"])
+    assert "faster_rcnn_acsl_end2end" not in args.methods and "faster_rcnn_crt" in args.methods
+    assert args.out == "output/lvis_like_study"
+    assert study.parse_args([]).methods == list(study.METHODS)
+    for family, opts in profile.opts.items():
+        pairs = dict(zip(opts[::2], opts[1::2]))
+        assert pairs["DATASETS.TRAIN"] == '("synthetic_lvis_train",)'
