@@ -87,6 +87,9 @@ COMPARED_WITH = {
     "atss_eqfl": "atss_focal",
     "atss_eqlv2_focal": "atss_focal",
 }
+#: Softmax methods whose finished runs are also evaluated with NorCal (``--norcal-gammas``): rows
+#: ``<method>+norcal<γ>``, compared with the uncalibrated run of the same seed.
+NORCAL_METHODS = ("faster_rcnn_softmax",)
 #: Two-sided 95% critical values of Student's t with 1..10 degrees of freedom (a paired t-test over seeds).
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
@@ -197,6 +200,11 @@ def parse_args(argv=None):
                         help=f"subset of {', '.join(METHODS)} (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: the profile's)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
+    parser.add_argument("--norcal-gammas", type=float, nargs="*", default=[0.5, 1.0], metavar="GAMMA",
+                        help="NorCal γ evaluated (--eval-only sweep) on the finished runs of "
+                             f"{', '.join(NORCAL_METHODS)} (default: 0.5 1.0; none: no sweep)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="train nothing: write results.md / results.json from the runs finished so far")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
@@ -279,6 +287,37 @@ def train(job):
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
     print(f"{'done' if code == 0 else f'FAILED (exit {code})'}: {method} seed {seed} -> {run_dir}", flush=True)
     return method, seed, code
+
+
+def norcal_label(method, gamma):
+    return f"{method}+norcal{gamma:g}"
+
+
+def norcal_metrics(run_dir, gammas):
+    """{γ: metrics} of ``run_dir/norcal/norcal_sweep.json`` if it holds every γ of ``gammas``, else None."""
+    path = os.path.join(run_dir, "norcal", "norcal_sweep.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        sweep = json.load(f)
+    out = {}
+    for gamma in gammas:
+        res = sweep["results"].get(f"norcal_gamma={gamma:g}")
+        if res is None:
+            return None
+        bbox = res.get("bbox") or next((r["bbox"] for r in res.values() if isinstance(r, dict) and "bbox" in r), None)
+        if bbox is None:
+            return None
+        out[gamma] = bbox
+    return out
+
+
+def norcal_job(method, seed, run_dir, cmd_prefix, gammas, env):
+    """The eval-only NorCal sweep of a finished run; ``cmd_prefix``: train_net.py, its flags (``--eval-only``)
+    and the run's config overrides (the same dataset and schedule as its training)."""
+    cmd = [*cmd_prefix, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
+           "LTDET.TEST.NORCAL.GAMMAS", str([float(g) for g in gammas]), "OUTPUT_DIR", os.path.join(run_dir, "norcal")]
+    return f"{method} NorCal", seed, os.path.join(run_dir, "norcal"), cmd, env
 
 
 def mean_std(values):
@@ -434,7 +473,20 @@ def main(argv=None):
                    "--resume", *common, *schedules[method], *stage, "SEED", str(seed), "OUTPUT_DIR", run_dir,
                    *args.opts]
             waves[bool(baselines[method])].append((method, seed, run_dir, cmd, env))
-    jobs = waves[0] + waves[1]
+    sweeps = []
+    if args.norcal_gammas:
+        for seed in args.seeds:
+            for method in (m for m in args.methods if m in NORCAL_METHODS):
+                run_dir = os.path.join(out, method, f"seed{seed}")
+                if norcal_metrics(run_dir, args.norcal_gammas) is not None:
+                    continue
+                prefix = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method),
+                          "--eval-only", *common, *schedules[method], "SEED", str(seed), *args.opts]
+                sweeps.append(norcal_job(method, seed, run_dir, prefix, args.norcal_gammas, env))
+    if args.summarize:
+        print(f"--summarize: {len(waves[0]) + len(waves[1])} unfinished runs left out", flush=True)
+        waves, sweeps = ([], []), []
+    jobs = waves[0] + waves[1] + sweeps
     print(f"{len(jobs)} runs to train ({len(waves[1])} second stages after their baselines), {args.jobs} at a "
           f"time, OMP_NUM_THREADS={threads}", flush=True)
     if args.dry_run:
@@ -445,6 +497,10 @@ def main(argv=None):
     for wave in waves:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             failed += [(m, s) for m, s, code in pool.map(train, wave) if code != 0]
+    # NorCal sweeps of the runs that are finished now
+    sweeps = [job for job in sweeps if final_metrics(os.path.dirname(job[2]), max_iters[job[0].split()[0]])]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        failed += [(m, s) for m, s, code in pool.map(train, sweeps) if code != 0]
 
     results = {}
     for method in args.methods:
@@ -454,8 +510,20 @@ def main(argv=None):
             if metrics is not None:
                 runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
         results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs}
-    table = summarize(results, args.methods)
-    paired = paired_differences(results, args.methods)
+    rows = list(args.methods)
+    for method in (m for m in args.methods if m in NORCAL_METHODS and args.norcal_gammas):
+        runs = {}
+        for seed in args.seeds:
+            sweep = norcal_metrics(os.path.join(out, method, f"seed{seed}"), args.norcal_gammas)
+            for gamma, metrics in (sweep or {}).items():
+                runs.setdefault(gamma, {})[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
+        for gamma in args.norcal_gammas:
+            label = norcal_label(method, gamma)
+            results[label] = {"config": results[method]["config"], "norcal_gamma": gamma, "runs": runs.get(gamma, {})}
+            COMPARED_WITH[label] = method
+            rows.append(label)
+    table = summarize(results, rows)
+    paired = paired_differences(results, rows)
     ratios = gradient_ratio_table(results, args.methods, out, args.seeds)
     figures = [plot_grad_ratio(out, family, [m for m in args.methods if m.startswith(prefix + "_")], args.seeds[0])
                for family, prefix in FAMILY_PREFIX.items()]

@@ -159,8 +159,9 @@ def add_ltdet_config(cfg):
     _C.LTDET.TEST.NORCAL.GAMMA = 0.0
     # --eval-only: evaluate once per gamma in this list (a sweep; results in OUTPUT_DIR/norcal_sweep.json).
     _C.LTDET.TEST.NORCAL.GAMMAS = []
-    # N_c: the training set's "instance" or "image" count of each class.
-    _C.LTDET.TEST.NORCAL.COUNT = "instance"
+    # N_c: the training set's "image" or "instance" count of each class (official tydpan/NorCal
+    # roi_heads.py: _get_frequencies(cfg, by="image")).
+    _C.LTDET.TEST.NORCAL.COUNT = "image"
 
     # ------------------------------------------------------------ backbone
     _C.MODEL.TINY_RESNET = CN()

@@ -64,7 +64,8 @@ def test_config_states_its_source_and_follows_the_protocol(path):
         assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler" and cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
         return
     if v1:  # EQLv2 4.2 and its official mmdetection configs
-        assert (s.IMS_PER_BATCH, s.BASE_LR, s.WARMUP_ITERS, s.WARMUP_FACTOR in (0.001, 1 / 3)) == (16, 0.02, 500, True)
+        warmup = (10000, 0.0001) if loss == "ecm" else (500, s.WARMUP_FACTOR if s.WARMUP_FACTOR in (0.001, 1 / 3) else 0.001)
+        assert (s.IMS_PER_BATCH, s.BASE_LR, s.WARMUP_ITERS, s.WARMUP_FACTOR) == (16, 0.02, *warmup)
         tokens = set(name.split("_"))
         two_x = "2x" in tokens
         assert s.MAX_ITER == (150000 if two_x else 75000)
@@ -82,6 +83,17 @@ def test_config_states_its_source_and_follows_the_protocol(path):
         assert os.path.isfile(first_stage), first_stage
         assert load(first_stage).LTDET.CLS_LOSS.NAME == "softmax" and not load(first_stage).LTDET.TRAIN_ONLY
         assert cfg.LTDET.TRAIN_ONLY and cfg.LTDET.GRAD_STATS.RESET_ON_LOAD
+    if loss == "ecm":  # ECM-Loss r50_ecm_1x.py: NormedLinear(tempearture=20), bias 0, grad_clip max_norm=5, RFS 1e-3
+        assert (cfg.LTDET.CLASSIFIER.NAME, cfg.LTDET.CLASSIFIER.SCALE, cfg.LTDET.CLS_LOSS.PRIOR_PROB) == ("cosine", 20.0, 0.5)
+        assert cfg.LTDET.ECM.FG_BG_RATIO == 6.3313 and cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
+        assert s.CLIP_GRADIENTS.ENABLED and (s.CLIP_GRADIENTS.CLIP_TYPE, s.CLIP_GRADIENTS.CLIP_VALUE) == ("full_model", 5.0)
+    if loss == "federated":  # CenterNet2 / Detic / ViTDet LVIS: 50 classes, image_count^0.5, prior 0.01, RFS 1e-3
+        assert (cfg.LTDET.FED_LOSS.NUM_CLASSES, cfg.LTDET.FED_LOSS.FREQ_WEIGHT_POWER) == (50, 0.5)
+        assert cfg.LTDET.CLS_LOSS.PRIOR_PROB == 0.01 and cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
+    if "norcal" in name:  # test-time calibration of a trained softmax model: the first stage's weights, a γ sweep
+        assert loss == "softmax" and list(cfg.LTDET.TEST.NORCAL.GAMMAS) and cfg.LTDET.TEST.NORCAL.COUNT == "image"
+        first_stage = os.path.join(REPO, "configs", os.path.relpath(os.path.dirname(cfg.MODEL.WEIGHTS), "output") + ".yaml")
+        assert os.path.isfile(first_stage) and load(first_stage).OUTPUT_DIR == os.path.dirname(cfg.MODEL.WEIGHTS)
     if loss == "acsl":
         assert s.CLIP_GRADIENTS.CLIP_TYPE == "full_model" and tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (800,)
     if loss == "eql":
@@ -149,7 +161,14 @@ def test_every_lvis_config_builds_and_trains_two_iterations(path, mini_splits, t
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(tmp_path),
     ])
+    gammas = list(cfg.LTDET.TEST.NORCAL.GAMMAS)
+    if gammas:  # an --eval-only sweep: refused for training; each of its γ builds the calibrated predictor
+        with pytest.raises(ValueError, match="sweep for --eval-only"):
+            LongTailTrainer(cfg)
+        cfg.merge_from_list(["LTDET.TEST.NORCAL.GAMMAS", "[]", "LTDET.TEST.NORCAL.GAMMA", str(gammas[-1])])
     trainer = LongTailTrainer(cfg)
+    if gammas:
+        assert trainer.model.roi_heads.box_predictor.norcal.gamma == gammas[-1]
     trainer.checkpointer.save_to_disk = False  # a 1203-class R-50 checkpoint is 170 MB
     trainer.resume_or_load(resume=False)
     trainer.train()

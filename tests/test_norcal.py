@@ -89,3 +89,12 @@ def test_bad_norcal_keys_are_named(key, value, match):
         cfg.LTDET.TEST.NORCAL[key] = value
     with pytest.raises(ValueError, match=match):
         LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+
+
+def test_count_without_calibration_is_rejected_not_ignored():
+    cfg = base_cfg("softmax")
+    cfg.LTDET.TEST.NORCAL.COUNT = "instance"
+    with pytest.raises(ValueError, match="LTDET.TEST.NORCAL.COUNT = 'instance' is not used: NorCal is off"):
+        LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    cfg.LTDET.TEST.NORCAL.GAMMA = 0.5
+    assert LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8)).norcal.gamma == 0.5

@@ -23,6 +23,7 @@ from ltdet import add_ltdet_config
 from ltdet.losses import (
     LOSS_REGISTRY,
     ACSLLoss,
+    EffectiveClassMarginLoss,
     EQLLoss,
     EQLv2Loss,
     FederatedEQLv2Loss,
@@ -60,6 +61,7 @@ KWARG_LOSSES = {
     "seesaw": lambda: SeesawLoss(C),
     "federated": lambda: FederatedLoss(C, FREQ, num_fed_classes=3),
     "federated_eqlv2": lambda: FederatedEQLv2Loss(C, FREQ, num_fed_classes=3),
+    "ecm": lambda: EffectiveClassMarginLoss(C, FREQ),
 }
 
 
@@ -145,7 +147,7 @@ def test_predictor_from_config_holds_loss_as_submodule(loss):
     box_predictor = LongTailFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
     expected = {"softmax": SoftmaxCELoss, "sigmoid": SigmoidBCELoss, "eql": EQLLoss, "eqlv2": EQLv2Loss,
                 "acsl": ACSLLoss, "seesaw": SeesawLoss, "federated": FederatedLoss,
-                "federated_eqlv2": FederatedEQLv2Loss}.get(loss, LOSS_REGISTRY.get(loss))
+                "federated_eqlv2": FederatedEQLv2Loss, "ecm": EffectiveClassMarginLoss}.get(loss, LOSS_REGISTRY.get(loss))
     assert type(box_predictor.cls_loss) is expected
     assert box_predictor(torch.randn(3, 8))[0].shape == (3, C + 1)
     assert ("image_label_mask" in box_predictor.cls_loss.extra_inputs) == (loss == "eql")

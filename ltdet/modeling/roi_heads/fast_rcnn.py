@@ -89,6 +89,11 @@ def build_norcal(cfg, cls_loss) -> "NorCal | None":
     """
     norcal = cfg.LTDET.TEST.NORCAL
     if norcal.GAMMA == 0.0 and not len(norcal.GAMMAS):
+        if norcal.COUNT != "image":
+            raise ValueError(
+                f"LTDET.TEST.NORCAL.COUNT = {norcal.COUNT!r} is not used: NorCal is off (GAMMA 0, no GAMMAS); "
+                "leave COUNT at 'image' or set GAMMA / GAMMAS"
+            )
         return None
     if cls_loss.activation != "softmax" or cls_loss.objectness:
         raise ValueError(

@@ -3,8 +3,9 @@
 Shape shorthand: N proposals, C foreground classes, logits [N, C + 1] (column C: background).
 
 A softmax detector trained on long-tailed data scores frequent classes too high. NorCal divides the
-exponentiated logit of every foreground class by its training sample count to the power γ, leaves the
-background untouched and renormalises:
+exponentiated logit of every foreground class by its training count N_c to the power γ (the image count, as
+the official tydpan/NorCal ``_get_frequencies(cfg, by="image")``; ``LTDET.TEST.NORCAL.COUNT instance`` is the
+option), leaves the background untouched and renormalises (the official ``WITH: "exps"``, ``RENORM: True``):
 
     s_c  = exp(z_c) / N_c^γ / (sum_{c' < C} exp(z_c') / N_c'^γ + exp(z_bg))     (c < C)
     s_bg = exp(z_bg)        / (same denominator)
