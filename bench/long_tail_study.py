@@ -200,9 +200,9 @@ def parse_args(argv=None):
                         help=f"subset of {', '.join(METHODS)} (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: the profile's)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
-    parser.add_argument("--norcal-gammas", type=float, nargs="*", default=[0.5, 1.0], metavar="GAMMA",
-                        help="NorCal γ evaluated (--eval-only sweep) on the finished runs of "
-                             f"{', '.join(NORCAL_METHODS)} (default: 0.5 1.0; none: no sweep)")
+    parser.add_argument("--norcal-gammas", type=float, nargs="*", default=[1.0], metavar="GAMMA",
+                        help="NorCal γ evaluated (--eval-only, one inference per γ) on the finished runs of "
+                             f"{', '.join(NORCAL_METHODS)} (default: 1.0; none: no sweep)")
     parser.add_argument("--summarize", action="store_true",
                         help="train nothing: write results.md / results.json from the runs finished so far")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
@@ -312,12 +312,19 @@ def norcal_metrics(run_dir, gammas):
     return out
 
 
-def norcal_job(method, seed, run_dir, cmd_prefix, gammas, env):
-    """The eval-only NorCal sweep of a finished run; ``cmd_prefix``: train_net.py, its flags (``--eval-only``)
-    and the run's config overrides (the same dataset and schedule as its training)."""
-    cmd = [*cmd_prefix, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
-           "LTDET.TEST.NORCAL.GAMMAS", str([float(g) for g in gammas]), "OUTPUT_DIR", os.path.join(run_dir, "norcal")]
-    return f"{method} NorCal", seed, os.path.join(run_dir, "norcal"), cmd, env
+def norcal_command(method, run_dir, opts, gammas):
+    """train_net.py's command line of the eval-only NorCal sweep of a finished run.
+
+    Args:
+        method: the run's method (its config).
+        run_dir: the run's OUTPUT_DIR; the sweep writes ``run_dir/norcal/norcal_sweep.json``.
+        opts: the run's config overrides (the same dataset and schedule as its training).
+        gammas: the γ values.
+    """
+    # flags before the overrides: train_net.py's opts take the rest of the command line
+    return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method), "--eval-only",
+            *opts, "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
+            "LTDET.TEST.NORCAL.GAMMAS", str([float(g) for g in gammas]), "OUTPUT_DIR", os.path.join(run_dir, "norcal")]
 
 
 def mean_std(values):
@@ -346,17 +353,18 @@ def summarize(results, methods):
     return "\n".join(lines)
 
 
-def paired_differences(results, methods):
-    """Per-seed differences of ``PAIRED_METRICS`` against each method's ``COMPARED_WITH`` baseline (in place,
-    ``results[method]["paired"]``); return the markdown table.
+def paired_differences(results, methods, compared_with=None):
+    """Per-seed differences of ``PAIRED_METRICS`` against each method's baseline in ``compared_with`` (default
+    ``COMPARED_WITH``), in place (``results[method]["paired"]``); return the markdown table.
 
     A cell is ``mean ± std (per-seed differences)``, marked ``*`` when a paired two-sided t-test over the
     seeds rejects "no difference" at 5% (``T_CRITICAL_95``; needs >= 2 seeds and a non-zero spread).
     """
+    compared_with = COMPARED_WITH if compared_with is None else compared_with
     lines = ["| method | vs | seeds | " + " | ".join(f"Δ{k}" for k in PAIRED_METRICS) + " |",
              "|" + "---|" * (len(PAIRED_METRICS) + 3)]
     for method in methods:
-        baseline = COMPARED_WITH.get(method)
+        baseline = compared_with.get(method)
         if baseline not in results:
             continue
         runs, base = results[method]["runs"], results[baseline]["runs"]
@@ -480,9 +488,9 @@ def main(argv=None):
                 run_dir = os.path.join(out, method, f"seed{seed}")
                 if norcal_metrics(run_dir, args.norcal_gammas) is not None:
                     continue
-                prefix = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method),
-                          "--eval-only", *common, *schedules[method], "SEED", str(seed), *args.opts]
-                sweeps.append(norcal_job(method, seed, run_dir, prefix, args.norcal_gammas, env))
+                cmd = norcal_command(method, run_dir, [*common, *schedules[method], "SEED", str(seed), *args.opts],
+                                     args.norcal_gammas)
+                sweeps.append((f"{method} NorCal", seed, os.path.join(run_dir, "norcal"), cmd, env))
     if args.summarize:
         print(f"--summarize: {len(waves[0]) + len(waves[1])} unfinished runs left out", flush=True)
         waves, sweeps = ([], []), []
@@ -510,7 +518,7 @@ def main(argv=None):
             if metrics is not None:
                 runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
         results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs}
-    rows = list(args.methods)
+    rows, compared_with = list(args.methods), dict(COMPARED_WITH)
     for method in (m for m in args.methods if m in NORCAL_METHODS and args.norcal_gammas):
         runs = {}
         for seed in args.seeds:
@@ -520,15 +528,16 @@ def main(argv=None):
         for gamma in args.norcal_gammas:
             label = norcal_label(method, gamma)
             results[label] = {"config": results[method]["config"], "norcal_gamma": gamma, "runs": runs.get(gamma, {})}
-            COMPARED_WITH[label] = method
+            compared_with[label] = method
             rows.append(label)
     table = summarize(results, rows)
-    paired = paired_differences(results, rows)
+    paired = paired_differences(results, rows, compared_with)
     ratios = gradient_ratio_table(results, args.methods, out, args.seeds)
     figures = [plot_grad_ratio(out, family, [m for m in args.methods if m.startswith(prefix + "_")], args.seeds[0])
                for family, prefix in FAMILY_PREFIX.items()]
     settings = {"profile": args.profile, "seeds": args.seeds, "max_iter": max_iters, "device": args.device,
                 "opts": args.opts, "num_classes": num_classes, "command": " ".join(sys.argv)}
+    os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"settings": settings, "methods": results}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:

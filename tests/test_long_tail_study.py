@@ -81,3 +81,23 @@ def test_profiles_scale_schedules_and_override_the_dataset(study):
     for family, opts in profile.opts.items():
         pairs = dict(zip(opts[::2], opts[1::2]))
         assert pairs["DATASETS.TRAIN"] == '("synthetic_lvis_train",)'
+
+
+def test_norcal_sweep_command_and_results(study, tmp_path):
+    from detectron2.engine import default_argument_parser
+
+    run = tmp_path / "faster_rcnn_softmax" / "seed0"
+    cmd = study.norcal_command("faster_rcnn_softmax", str(run), ["SOLVER.IMS_PER_BATCH", "16", "SEED", "0"], [0.5, 1])
+    args = default_argument_parser().parse_args(cmd[2:])
+    assert args.eval_only and args.config_file.endswith("configs/synthetic/faster_rcnn_softmax.yaml")
+    opts = dict(zip(args.opts[::2], args.opts[1::2]))
+    assert opts["MODEL.WEIGHTS"] == str(run / "model_final.pth") and opts["OUTPUT_DIR"] == str(run / "norcal")
+    assert opts["LTDET.TEST.NORCAL.GAMMAS"] == "[0.5, 1.0]" and opts["SOLVER.IMS_PER_BATCH"] == "16"
+    (run / "norcal").mkdir(parents=True)
+    assert study.norcal_metrics(str(run), [0.5]) is None  # no sweep yet
+    bbox = {"AP": 23.8, "APr": 1.6}
+    sweep = {"gammas": [0.5, 1.0], "results": {"norcal_gamma=0.5": {"bbox": bbox},
+                                                "norcal_gamma=1": {"synthetic_lvis_val": {"bbox": {"AP": 24.0}}}}}
+    (run / "norcal" / "norcal_sweep.json").write_text(__import__("json").dumps(sweep))
+    assert study.norcal_metrics(str(run), [0.5, 1.0]) == {0.5: bbox, 1.0: {"AP": 24.0}}
+    assert study.norcal_metrics(str(run), [0.5, 2.0]) is None  # a γ not swept: run the sweep again

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from ltdet.losses import (
     ACSLLoss,
+    EffectiveClassMarginLoss,
     EQLLoss,
     EQLv2Loss,
+    FederatedLoss,
     SeesawLoss,
     SigmoidBCELoss,
     SoftmaxCELoss,
@@ -35,6 +37,9 @@ FACTORIES = {
     "acsl": lambda: ACSLLoss(C, class_groups=GROUPS),
     "acsl_obj": lambda: ACSLLoss(C, class_groups=GROUPS, objectness=True),
     "seesaw": lambda: SeesawLoss(C),
+    "ecm": lambda: EffectiveClassMarginLoss(C, FREQ),
+    # every class in the set: deterministic (the sampling itself is tested in test_losses_federated.py)
+    "federated": lambda: FederatedLoss(C, FREQ, num_fed_classes=C + 1),
 }
 
 
