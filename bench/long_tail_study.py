@@ -409,12 +409,13 @@ def group_gradient_ratios(run_dir):
 
 
 def gradient_ratio_table(results, methods, out, seeds):
-    """Mean over seeds of each method's group ratios (in place, ``results[method]["grad_ratio"]``); return
-    the markdown table."""
+    """Mean over the finished seeds of each method's group ratios (in place, ``results[method]["grad_ratio"]``);
+    return the markdown table."""
     names = ("rare", "common", "frequent")
     lines = ["| method | runs | " + " | ".join(f"ratio {g}" for g in names) + " |", "|" + "---|" * 5]
     for method in methods:
-        per_seed = [group_gradient_ratios(os.path.join(out, method, f"seed{seed}")) for seed in seeds]
+        finished = [seed for seed in seeds if str(seed) in results[method]["runs"]]  # not a half-trained run
+        per_seed = [group_gradient_ratios(os.path.join(out, method, f"seed{seed}")) for seed in finished]
         per_seed = [r for r in per_seed if r]
         if not per_seed:
             continue

@@ -59,6 +59,9 @@ def test_group_gradient_ratios_from_grad_stats(study, tmp_path):
     assert study.group_gradient_ratios(str(run)) == pytest.approx({"rare": 0.15, "common": 0.5, "frequent": 1.0})
     assert study.group_gradient_ratios(str(tmp_path / "missing")) is None
     results = {"faster_rcnn_sigmoid": {"runs": {}}}
+    study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], str(tmp_path), [0, 1])
+    assert "grad_ratio" not in results["faster_rcnn_sigmoid"]  # seed 0 not finished: its statistics are partial
+    results = {"faster_rcnn_sigmoid": {"runs": {"0": {"AP": 1.0}}}}
     table = study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], str(tmp_path), [0, 1])
     assert results["faster_rcnn_sigmoid"]["grad_ratio"]["mean"]["rare"] == pytest.approx(0.15)
     assert "| faster_rcnn_sigmoid | 1 | 0.150 | 0.500 | 1.000 |" in table
