@@ -295,6 +295,8 @@ def norcal_label(method, gamma):
 
 def norcal_metrics(run_dir, gammas):
     """{γ: metrics} of ``run_dir/norcal/norcal_sweep.json`` if it holds every γ of ``gammas``, else None."""
+    from ltdet.engine.trainer import bbox_results
+
     path = os.path.join(run_dir, "norcal", "norcal_sweep.json")
     if not os.path.isfile(path):
         return None
@@ -305,7 +307,7 @@ def norcal_metrics(run_dir, gammas):
         res = sweep["results"].get(f"norcal_gamma={gamma:g}")
         if res is None:
             return None
-        bbox = res.get("bbox") or next((r["bbox"] for r in res.values() if isinstance(r, dict) and "bbox" in r), None)
+        bbox = bbox_results(res)
         if bbox is None:
             return None
         out[gamma] = bbox

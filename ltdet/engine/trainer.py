@@ -38,13 +38,20 @@ from .grad_stats_file import write_grad_stats
 from .optimizer import build_optimizer
 from .rng_state import RNGStateHook, preserved_rng_state
 
-__all__ = ["LongTailTrainer"]
+__all__ = ["LongTailTrainer", "bbox_results"]
 
 logger = logging.getLogger(__name__)
 
 # detectron2 0.6's DefaultTrainer inherits TrainerBase's state_dict (iteration and hooks only);
 # later versions add the inner trainer's (optimizer, grad scaler) themselves.
 _D2_SAVES_OPTIMIZER = DefaultTrainer.state_dict is not TrainerBase.state_dict
+
+
+def bbox_results(results):
+    """The bbox metrics of a :meth:`LongTailTrainer.test` result ({task: metrics} for one test set,
+    {dataset: {task: metrics}} for several: the first dataset's), or None."""
+    return results.get("bbox") or next(
+        (r["bbox"] for r in results.values() if isinstance(r, dict) and "bbox" in r), None)
 
 
 class LongTailTrainer(DefaultTrainer):
@@ -114,8 +121,7 @@ class LongTailTrainer(DefaultTrainer):
         if comm.is_main_process():
             lines = []
             for name, res in results.items():
-                # test() returns {task: metrics} for one test set, {dataset: {task: metrics}} for several
-                bbox = res.get("bbox") or next((r["bbox"] for r in res.values() if "bbox" in r), {})
+                bbox = bbox_results(res) or {}
                 lines.append(f"{name}: " + ", ".join(f"{k} {bbox[k]:.2f}" for k in ("AP", "APr", "APc", "APf") if k in bbox))
             logger.info("NorCal sweep (bbox):\n" + "\n".join(lines))
             with atomic_open(os.path.join(cfg.OUTPUT_DIR, "norcal_sweep.json"), "w") as f:

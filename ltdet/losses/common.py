@@ -3,7 +3,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["check_labels", "empty_loss", "tapped_mean_loss"]
+__all__ = ["check_labels", "class_vector", "empty_loss", "tapped_mean_loss"]
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
@@ -20,6 +20,15 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
             f"labels must be in 0..{num_classes} (0..{num_classes - 1} foreground, "
             f"{num_classes} background); got values in [{low}, {high}]"
         )
+
+
+def class_vector(values, num_classes: int, name: str = "image_freq") -> torch.Tensor:
+    """``values`` (a per-class prior such as image_freq) as a float64 Tensor[C]; ValueError unless it
+    has exactly C entries."""
+    vector = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if vector.numel() != num_classes:
+        raise ValueError(f"{name} has {vector.numel()} entries, expected {num_classes}")
+    return vector
 
 
 def empty_loss(logits: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ClassificationLoss, check_range
-from .common import check_labels, tapped_mean_loss
+from .common import check_labels, class_vector, tapped_mean_loss
 from .grad_stats import GradientStatistics
 from .registry import LOSS_REGISTRY
 from .sigmoid_family import one_hot_like, sigmoid_probs
@@ -82,9 +82,7 @@ class EffectiveClassMarginLoss(ClassificationLoss):
     def __init__(self, num_classes, image_freq, objectness=True, fg_bg_ratio=6.3313, collect_stats=True):
         super().__init__(num_classes, objectness)
         self.fg_bg_ratio = check_range("fg_bg_ratio", fg_bg_ratio, low=0.0, low_open=True)
-        image_freq = torch.as_tensor(image_freq, dtype=torch.float64).flatten()
-        if image_freq.numel() != self.num_classes:
-            raise ValueError(f"image_freq has {image_freq.numel()} entries, expected {self.num_classes}")
+        image_freq = class_vector(image_freq, self.num_classes)
         if not torch.isfinite(image_freq).all() or (image_freq <= 0).any():
             missing = torch.nonzero(~(image_freq > 0)).flatten()[:10].tolist()
             raise ValueError(

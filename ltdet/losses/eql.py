@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ClassificationLoss, check_choice, check_range
-from .common import check_labels, tapped_mean_loss
+from .common import check_labels, class_vector, tapped_mean_loss
 from .grad_stats import GradientStatistics
 from .registry import LOSS_REGISTRY
 from .sigmoid_family import one_hot_like, sigmoid_probs
@@ -113,9 +113,7 @@ class EQLLoss(ClassificationLoss):
         use_image_labels: bool = False,
     ):
         super().__init__(num_classes, objectness)
-        image_freq = torch.as_tensor(image_freq, dtype=torch.float64).flatten()
-        if image_freq.numel() != self.num_classes:
-            raise ValueError(f"image_freq has {image_freq.numel()} entries, expected {self.num_classes}")
+        image_freq = class_vector(image_freq, self.num_classes)
         self.lambda_ = check_range("lambda_", lambda_, low=0.0, high=1.0)
         self.threshold_fn = check_choice("threshold_fn", threshold_fn, THRESHOLD_FNS)
         exp_a = check_range("exp_a", exp_a, low=0.0, low_open=True)

@@ -23,7 +23,7 @@ published recipe.
 import torch
 
 from .base import ClassificationLoss, check_range
-from .common import check_labels, empty_loss
+from .common import check_labels, class_vector, empty_loss
 from .eqlv2 import EQLV2_CONFIG_KEYS, EQLv2Weights
 from .grad_stats import GradientStatistics
 from .registry import LOSS_REGISTRY
@@ -84,9 +84,7 @@ class FederatedLoss(ClassificationLoss):
         if self.num_fed_classes != num_fed_classes:
             raise ValueError(f"num_fed_classes must be an integer, got {num_fed_classes!r}")
         self.freq_weight_power = check_range("freq_weight_power", freq_weight_power, low=0.0)
-        image_freq = torch.as_tensor(image_freq, dtype=torch.float64).flatten()
-        if image_freq.numel() != self.num_classes:
-            raise ValueError(f"image_freq has {image_freq.numel()} entries, expected {self.num_classes}")
+        image_freq = class_vector(image_freq, self.num_classes)
         if (image_freq < 0).any() or not torch.isfinite(image_freq).all():
             raise ValueError("image_freq must be finite and >= 0")
         weights = torch.where(image_freq > 0, image_freq.pow(self.freq_weight_power), torch.zeros_like(image_freq))
