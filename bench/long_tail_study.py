@@ -21,6 +21,13 @@ and points each seed's second stage at the same seed's baseline run.
 
 Resumable: a run whose ``metrics.json`` already holds the final evaluation is skipped, an unfinished one
 continues from its last checkpoint (``--resume``), so the study can be stopped and continued in a later session.
+Across sessions (a fresh clone has no ``output/``): every finished run is also written as a small record,
+``<records>/<method>/seed<k>.json`` (its final metrics, group gradient ratios, NorCal sweep, the config
+overrides it was trained with and the commit), next to a copy of its ``grad_stats.json``; a run whose record
+holds the same overrides counts as finished. The ``lvis_like`` profile keeps its records in the repository
+(``docs/results/lvis_like_study/runs``), so a later session trains only what is missing. A decoupled method
+whose first stage exists only as a record trains that first stage again (it needs the model); the
+metrics of the run on disk then replace the record's, and a difference from the record is printed.
 
 Profiles (``--profile``, see ``PROFILES``):
 
@@ -45,16 +52,20 @@ Examples:
         --out /tmp/smoke SOLVER.IMS_PER_BATCH 2
 """
 import argparse
+import datetime
 import glob
+import hashlib
 import importlib
 import json
 import math
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -112,6 +123,7 @@ class Profile:
         method_opts: method -> config overrides of its runs only (after the family's).
         excluded: methods not in the profile's default method list.
         default_out: default ``--out``.
+        records: default ``--records`` (the finished runs' records; None: none).
     """
 
     folder: str
@@ -121,6 +133,7 @@ class Profile:
     method_opts: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
     excluded: Tuple[str, ...] = ()
     default_out: str = "output/long_tail_study"
+    records: Optional[str] = None
 
 
 PROFILES = {
@@ -139,6 +152,7 @@ PROFILES = {
                      for m in ("faster_rcnn_federated", "faster_rcnn_federated_eqlv2")},
         excluded=("faster_rcnn_acsl_end2end",),
         default_out="output/lvis_like_study",
+        records="docs/results/lvis_like_study/runs",
     ),
 }
 
@@ -199,6 +213,9 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
                         help=f"subset of {', '.join(METHODS)} (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: the profile's)")
+    parser.add_argument("--records", default=None,
+                        help="directory of the finished runs' records, read and written (default: the profile's; "
+                             "'' for none)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     parser.add_argument("--norcal-gammas", type=float, nargs="*", default=[1.0], metavar="GAMMA",
                         help="NorCal γ evaluated (--eval-only, one inference per γ) on the finished runs of "
@@ -212,6 +229,9 @@ def parse_args(argv=None):
     if args.methods is None:
         args.methods = [m for m in METHODS if m not in profile.excluded]
     args.out = args.out or profile.default_out
+    if args.records is None:
+        args.records = profile.records
+    args.records = os.path.join(REPO, args.records) if args.records else None
     return args
 
 
@@ -329,6 +349,117 @@ def norcal_command(method, run_dir, opts, gammas):
             "LTDET.TEST.NORCAL.GAMMAS", str([float(g) for g in gammas]), "OUTPUT_DIR", os.path.join(run_dir, "norcal")]
 
 
+RECORD_FORMAT = "ltdet.study_run/1"
+#: A run directory's file of the commits (``git describe``) its training ran, one line per launch.
+COMMIT_FILE = "study_commit.txt"
+
+
+def record_path(records, method, seed):
+    return os.path.join(records, method, f"seed{seed}.json")
+
+
+def git_commit():
+    """``git describe --always --dirty`` of the repository, or "unknown" outside a git checkout."""
+    proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO)
+    return (proc.stdout.strip() if proc.returncode == 0 else "") or "unknown"
+
+
+def record_grad_stats_path(records, method, seed):
+    return record_path(records, method, seed)[:-len(".json")] + ".grad_stats.json"
+
+
+def copy_grad_stats(records, method, seed, run_dir):
+    """Copy a run's ``grad_stats.json`` beside its record (if the run has one)."""
+    source = os.path.join(run_dir, "grad_stats.json")
+    if os.path.isfile(source):
+        os.makedirs(os.path.join(records, method), exist_ok=True)
+        shutil.copyfile(source, record_grad_stats_path(records, method, seed))
+
+
+def dataset_digest(profile):
+    """{file: md5} of the profile's ``train.json`` and ``val.json`` (the data a record was trained on)."""
+    digest = {}
+    for name in ("train.json", "val.json"):
+        path = os.path.join(dataset_root(profile), name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                digest[name] = hashlib.md5(f.read()).hexdigest()
+    return digest
+
+
+def machine():
+    """The CPU model, torch version and thread count of this process's machine (recorded with each run)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
+
+
+def write_record(records, method, seed, run_dir, opts, metrics, norcal=None, dataset=None, replaces=None):
+    """Write the record of a finished run (and a copy of its ``grad_stats.json``); return its path.
+
+    Args:
+        records: the records directory.
+        method, seed: the run.
+        run_dir: its OUTPUT_DIR.
+        opts: the config overrides it was trained with, output paths excluded (``record_opts``).
+        metrics: its final bbox metrics (``final_metrics``).
+        norcal: {γ: bbox metrics} of its NorCal sweep, or None.
+        dataset: ``dataset_digest`` of its data.
+        replaces: the record of the same run from an earlier session that this one replaces (kept inside).
+    """
+    path = record_path(records, method, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    commits = None
+    if os.path.isfile(os.path.join(run_dir, COMMIT_FILE)):
+        with open(os.path.join(run_dir, COMMIT_FILE)) as f:
+            commits = " ".join(dict.fromkeys(line.strip() for line in f if line.strip()))
+    copy_grad_stats(records, method, seed, run_dir)
+    record = {"format": RECORD_FORMAT, "method": method, "seed": seed,
+              "config": os.path.relpath(config_path(method), REPO), "opts": list(opts),
+              "metrics": {k: metrics[k] for k in METRICS if k in metrics},
+              "grad_ratio": group_gradient_ratios(run_dir),
+              "norcal": {f"{g:g}": {k: m[k] for k in METRICS if k in m} for g, m in (norcal or {}).items()},
+              "commit": commits, "dataset": dataset, "machine": machine(),
+              "written": datetime.date.today().isoformat()}
+    if replaces is not None:
+        record["replaces"] = {k: replaces.get(k) for k in ("metrics", "commit", "machine", "written")}
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_record(records, method, seed, opts, dataset=None):
+    """The record of a run trained with exactly ``opts`` on ``dataset`` (see ``write_record``), or None.
+
+    A record of other overrides (another schedule, dataset or ``--max-iter``) or of other data (its
+    ``dataset`` digest, where it has one) is not this run: it is ignored, with a message naming the difference.
+    """
+    path = record_path(records, method, seed) if records else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
+    if record["opts"] != list(opts):
+        diff = next((i for i, (a, b) in enumerate(zip(record["opts"], opts)) if a != b),
+                    min(len(record["opts"]), len(opts)))
+        print(f"record {path} was trained with other overrides (from {record['opts'][diff:diff + 2]} on, "
+              f"now {list(opts)[diff:diff + 2]}): not used", flush=True)
+        return None
+    if dataset and record.get("dataset") and record["dataset"] != dataset:
+        print(f"record {path} was trained on other data ({record['dataset']}, now {dataset}): not used", flush=True)
+        return None
+    grad_stats = record_grad_stats_path(records, method, seed)
+    record["grad_stats"] = grad_stats if os.path.isfile(grad_stats) else None
+    return record
+
+
 def mean_std(values):
     values = np.asarray(values, dtype=np.float64)
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -410,15 +541,18 @@ def group_gradient_ratios(run_dir):
     return out
 
 
-def gradient_ratio_table(results, methods, out, seeds):
+def gradient_ratio_table(results, methods, ratios):
     """Mean over the finished seeds of each method's group ratios (in place, ``results[method]["grad_ratio"]``);
-    return the markdown table."""
+    return the markdown table.
+
+    Args:
+        ratios: method -> {seed: group ratios (``group_gradient_ratios``) or None}; only the seeds in
+            ``results[method]["runs"]`` (finished runs, not a half-trained one) count.
+    """
     names = ("rare", "common", "frequent")
     lines = ["| method | runs | " + " | ".join(f"ratio {g}" for g in names) + " |", "|" + "---|" * 5]
     for method in methods:
-        finished = [seed for seed in seeds if str(seed) in results[method]["runs"]]  # not a half-trained run
-        per_seed = [group_gradient_ratios(os.path.join(out, method, f"seed{seed}")) for seed in finished]
-        per_seed = [r for r in per_seed if r]
+        per_seed = [r for seed, r in ratios.get(method, {}).items() if str(seed) in results[method]["runs"] and r]
         if not per_seed:
             continue
         mean = {g: float(np.mean([r[g] for r in per_seed if g in r])) for g in names if any(g in r for r in per_seed)}
@@ -433,16 +567,19 @@ def method_label(method):
     return next(method[len(p) + 1:] for p in FAMILY_PREFIX.values() if method.startswith(p + "_"))
 
 
-def plot_grad_ratio(out, family, methods, seed):
-    """Overlay the ``grad_stats.json`` of the given methods' runs for ``seed``."""
-    runs = [(m, os.path.join(out, m, f"seed{seed}")) for m in methods]
-    runs = [(m, d) for m, d in runs if os.path.isfile(os.path.join(d, "grad_stats.json"))]
-    if not runs:
+def plot_grad_ratio(out, family, curves):
+    """Overlay ``grad_stats.json`` files with ``tools/plot_grad_ratio.py``.
+
+    Args:
+        curves: [(legend label, grad_stats.json path)] of the family's methods.
+    Returns:
+        the image written (``out/grad_ratio_<family>.png``), or None.
+    """
+    if not curves:
         return None
     path = os.path.join(out, f"grad_ratio_{family}.png")
-    labels = [method_label(m) for m, _ in runs]
-    cmd = [sys.executable, os.path.join(REPO, "tools", "plot_grad_ratio.py"), *[d for _, d in runs],
-           "--labels", *labels, "--out", path]
+    cmd = [sys.executable, os.path.join(REPO, "tools", "plot_grad_ratio.py"), *[f for _, f in curves],
+           "--labels", *[label for label, _ in curves], "--out", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         print(f"plot_grad_ratio.py failed for {family}:\n{proc.stderr[-2000:]}")
@@ -471,29 +608,54 @@ def main(argv=None):
             method, args.max_iter, profile.schedule_scale.get(family, 1.0))
         schedules[method] = list(profile.opts.get(family, ())) + list(profile.method_opts.get(method, ())) \
             + schedules[method]
+    def opts_of(method, seed):  # the overrides that define a run (its output paths aside)
+        return [*common, *schedules[method], "SEED", str(seed), *args.opts]
+
+    def gammas_of(method):
+        return list(args.norcal_gammas or []) if method in NORCAL_METHODS else []
+
+    def run_dir_of(method, seed):
+        return os.path.join(out, method, f"seed{seed}")
+
+    dataset = dataset_digest(profile)
+    recorded, replaced = {}, {}  # (method, seed) -> record of a run finished in an earlier session
+    for seed in args.seeds:
+        for method in args.methods:
+            if final_metrics(run_dir_of(method, seed), max_iters[method]) is None:
+                record = read_record(args.records, method, seed, opts_of(method, seed), dataset)
+                if record is not None and all(f"{g:g}" in record["norcal"] for g in gammas_of(method)):
+                    recorded[(method, seed)] = record
+    for seed in args.seeds:  # a second stage still to train needs its first stage's model on disk
+        for method in args.methods:
+            base = baselines[method]
+            model = os.path.join(run_dir_of(base, seed), "model_final.pth") if base else None
+            if base and (method, seed) not in recorded and (base, seed) in recorded and not os.path.isfile(model):
+                print(f"{base} seed {seed} is only a record: trained again for the second stage of {method}")
+                replaced[(base, seed)] = recorded.pop((base, seed))
     for seed in args.seeds:  # seed-major: a first complete comparison early
         for method in args.methods:
-            run_dir = os.path.join(out, method, f"seed{seed}")
+            run_dir = run_dir_of(method, seed)
             if final_metrics(run_dir, max_iters[method]) is not None:
                 print(f"skip (finished): {method} seed {seed}")
                 continue
+            if (method, seed) in recorded:
+                print(f"skip (recorded, commit {recorded[(method, seed)]['commit']}): {method} seed {seed}")
+                continue
             stage = []
             if baselines[method]:
-                stage = ["MODEL.WEIGHTS", os.path.join(out, baselines[method], f"seed{seed}", "model_final.pth")]
+                stage = ["MODEL.WEIGHTS", os.path.join(run_dir_of(baselines[method], seed), "model_final.pth")]
             cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_path(method),
                    "--resume", *common, *schedules[method], *stage, "SEED", str(seed), "OUTPUT_DIR", run_dir,
                    *args.opts]
             waves[bool(baselines[method])].append((method, seed, run_dir, cmd, env))
     sweeps = []
-    if args.norcal_gammas:
-        for seed in args.seeds:
-            for method in (m for m in args.methods if m in NORCAL_METHODS):
-                run_dir = os.path.join(out, method, f"seed{seed}")
-                if norcal_metrics(run_dir, args.norcal_gammas) is not None:
-                    continue
-                cmd = norcal_command(method, run_dir, [*common, *schedules[method], "SEED", str(seed), *args.opts],
-                                     args.norcal_gammas)
-                sweeps.append((f"{method} NorCal", seed, os.path.join(run_dir, "norcal"), cmd, env))
+    for seed in args.seeds:
+        for method in (m for m in args.methods if gammas_of(m) and (m, seed) not in recorded):
+            run_dir = run_dir_of(method, seed)
+            if norcal_metrics(run_dir, gammas_of(method)) is not None:
+                continue
+            cmd = norcal_command(method, run_dir, opts_of(method, seed), gammas_of(method))
+            sweeps.append((f"{method} NorCal", seed, os.path.join(run_dir, "norcal"), cmd, env))
     if args.summarize:
         print(f"--summarize: {len(waves[0]) + len(waves[1])} unfinished runs left out", flush=True)
         waves, sweeps = ([], []), []
@@ -504,6 +666,11 @@ def main(argv=None):
         for job in jobs:
             print(" ".join(job[3]))
         return 0
+    commit = git_commit()
+    for _, _, run_dir, _, _ in waves[0] + waves[1]:  # the code each (resumed) training runs
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, COMMIT_FILE), "a") as f:
+            f.write(f"{commit}\n")
     failed = []
     for wave in waves:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -513,47 +680,88 @@ def main(argv=None):
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         failed += [(m, s) for m, s, code in pool.map(train, sweeps) if code != 0]
 
-    results = {}
+    results, ratios, curves, norcal_runs = {}, {}, {}, {}
     for method in args.methods:
-        runs = {}
+        runs, sources = {}, {}
         for seed in args.seeds:
-            metrics = final_metrics(os.path.join(out, method, f"seed{seed}"), max_iters[method])
-            if metrics is not None:
-                runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
-        results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs}
+            run_dir = run_dir_of(method, seed)
+            metrics = final_metrics(run_dir, max_iters[method])
+            if metrics is not None:  # trained in this output directory
+                sweep = norcal_metrics(run_dir, gammas_of(method)) if gammas_of(method) else {}
+                ratio, grad_stats = group_gradient_ratios(run_dir), os.path.join(run_dir, "grad_stats.json")
+                sources[str(seed)] = "output"
+                previous = replaced.get((method, seed)) or read_record(
+                    args.records, method, seed, opts_of(method, seed), dataset)
+                same = previous is not None and all(previous["metrics"].get(k) == metrics.get(k) for k in METRICS)
+                if previous is not None and not same:
+                    print(f"{method} seed {seed} trained again: AP {metrics['AP']:.3f}, its record "
+                          f"(commit {previous['commit']}) {previous['metrics']['AP']:.3f}", flush=True)
+                if same and gammas_of(method) and not sweep:  # the same model: the record's sweep holds
+                    sweep = {float(g): m for g, m in previous["norcal"].items()}
+                keep = same and all(f"{g:g}" in previous["norcal"] for g in gammas_of(method))
+                if args.records and not keep:
+                    sources[str(seed)] = os.path.relpath(
+                        write_record(args.records, method, seed, run_dir, opts_of(method, seed), metrics, sweep,
+                                     dataset, replaces=previous), REPO)
+                elif args.records:
+                    copy_grad_stats(args.records, method, seed, run_dir)
+                    sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
+            elif (method, seed) in recorded:
+                record = recorded[(method, seed)]
+                metrics, ratio, grad_stats = record["metrics"], record["grad_ratio"], record["grad_stats"]
+                sweep = {float(g): m for g, m in record["norcal"].items()}
+                sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
+            else:
+                continue
+            runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
+            ratios.setdefault(method, {})[seed] = ratio
+            if grad_stats and os.path.isfile(grad_stats):
+                curves.setdefault(method, (seed, grad_stats))  # the first seed with statistics
+            for gamma in gammas_of(method):
+                if sweep and gamma in sweep:
+                    norcal_runs.setdefault((method, gamma), {})[str(seed)] = {
+                        k: sweep[gamma][k] for k in METRICS if k in sweep[gamma]}
+        results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs, "sources": sources}
     rows, compared_with = list(args.methods), dict(COMPARED_WITH)
-    for method in (m for m in args.methods if m in NORCAL_METHODS and args.norcal_gammas):
-        runs = {}
-        for seed in args.seeds:
-            sweep = norcal_metrics(os.path.join(out, method, f"seed{seed}"), args.norcal_gammas)
-            for gamma, metrics in (sweep or {}).items():
-                runs.setdefault(gamma, {})[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
-        for gamma in args.norcal_gammas:
+    for method in (m for m in args.methods if gammas_of(m)):
+        for gamma in gammas_of(method):
             label = norcal_label(method, gamma)
-            results[label] = {"config": results[method]["config"], "norcal_gamma": gamma, "runs": runs.get(gamma, {})}
+            results[label] = {"config": results[method]["config"], "norcal_gamma": gamma,
+                              "runs": norcal_runs.get((method, gamma), {})}
             compared_with[label] = method
             rows.append(label)
     table = summarize(results, rows)
     paired = paired_differences(results, rows, compared_with)
-    ratios = gradient_ratio_table(results, args.methods, out, args.seeds)
-    figures = [plot_grad_ratio(out, family, [m for m in args.methods if m.startswith(prefix + "_")], args.seeds[0])
-               for family, prefix in FAMILY_PREFIX.items()]
+    ratio_table = gradient_ratio_table(results, args.methods, ratios)
+    figures = []
+    for family, prefix in FAMILY_PREFIX.items():
+        family_curves = [(method_label(m) + ("" if curves[m][0] == args.seeds[0] else f" (seed {curves[m][0]})"),
+                          curves[m][1]) for m in args.methods if m.startswith(prefix + "_") and m in curves]
+        figures.append(plot_grad_ratio(out, family, family_curves))
     settings = {"profile": args.profile, "seeds": args.seeds, "max_iter": max_iters, "device": args.device,
-                "opts": args.opts, "num_classes": num_classes, "command": " ".join(sys.argv)}
+                "opts": args.opts, "num_classes": num_classes,
+                "records": args.records and os.path.relpath(args.records, REPO),
+                "command": " ".join(["bench/long_tail_study.py", *(sys.argv[1:] if argv is None else argv)])}
+    commits = sorted({r["commit"] for r in recorded.values()} - {None})
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"settings": settings, "methods": results}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(f"# Long-tail study (synthetic dataset, profile {args.profile})\n\n")
         f.write(f"bbox metrics of the final evaluation, mean ± std over seeds {args.seeds}; "
-                f"`{settings['command']}`\n\n{table}\n\n")
+                f"`{settings['command']}`\n\n")
+        if recorded:
+            f.write(f"{len(recorded)} of the runs are records of earlier sessions (`{settings['records']}`, "
+                    f"commits {', '.join(commits)}); the rest were trained in `{args.out}`.\n\n")
+        f.write(table + "\n\n")
         f.write("Paired differences with the baseline each paper compares with (same seed), mean ± std "
                 "(per seed); * = paired t-test, p < 0.05:\n\n" + paired + "\n\n")
         f.write("Accumulated positive / negative gradient ratio of the classification logits at the end of "
-                "training, mean over each group's classes (and over seeds):\n\n" + ratios + "\n\n")
+                "training, mean over each group's classes (and over seeds); the figures show each method's "
+                "first seed with statistics:\n\n" + ratio_table + "\n\n")
         for path in filter(None, figures):
             f.write(f"![{os.path.basename(path)}]({os.path.basename(path)})\n\n")
-    print(table, paired, ratios, sep="\n\n")
+    print(table, paired, ratio_table, sep="\n\n")
     print(f"wrote {os.path.join(out, 'results.md')} and results.json")
     if failed:
         print(f"failed runs (see their stdout.log): {failed}")

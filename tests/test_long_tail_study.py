@@ -58,11 +58,12 @@ def test_group_gradient_ratios_from_grad_stats(study, tmp_path):
                                 "stats": {"roi_heads": {"pos": pos, "neg": neg}}})
     assert study.group_gradient_ratios(str(run)) == pytest.approx({"rare": 0.15, "common": 0.5, "frequent": 1.0})
     assert study.group_gradient_ratios(str(tmp_path / "missing")) is None
+    ratios = {"faster_rcnn_sigmoid": {0: study.group_gradient_ratios(str(run)), 1: None}}
     results = {"faster_rcnn_sigmoid": {"runs": {}}}
-    study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], str(tmp_path), [0, 1])
+    study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], ratios)
     assert "grad_ratio" not in results["faster_rcnn_sigmoid"]  # seed 0 not finished: its statistics are partial
     results = {"faster_rcnn_sigmoid": {"runs": {"0": {"AP": 1.0}}}}
-    table = study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], str(tmp_path), [0, 1])
+    table = study.gradient_ratio_table(results, ["faster_rcnn_sigmoid"], ratios)
     assert results["faster_rcnn_sigmoid"]["grad_ratio"]["mean"]["rare"] == pytest.approx(0.15)
     assert "| faster_rcnn_sigmoid | 1 | 0.150 | 0.500 | 1.000 |" in table
 
@@ -104,3 +105,96 @@ def test_norcal_sweep_command_and_results(study, tmp_path):
     (run / "norcal" / "norcal_sweep.json").write_text(__import__("json").dumps(sweep))
     assert study.norcal_metrics(str(run), [0.5, 1.0]) == {0.5: bbox, 1.0: {"AP": 24.0}}
     assert study.norcal_metrics(str(run), [0.5, 2.0]) is None  # a γ not swept: run the sweep again
+
+
+class FakeTrainNet:
+    """Stands in for the train_net.py subprocesses of ``study.train`` (the study's bookkeeping is under test, the
+    trainings themselves are tested in tests/test_evaluation.py::test_long_tail_study_smoke): writes the files a
+    finished run leaves (final evaluation in metrics.json, grad_stats.json, model_final.pth, NorCal sweep), with
+    metrics that depend on (method, seed)."""
+
+    def __init__(self, study):
+        self.study, self.calls = study, []
+
+    @staticmethod
+    def ap(method, seed):
+        return 10.0 + len(method) + seed / 4
+
+    def __call__(self, job):
+        import json
+
+        name, seed, run_dir, cmd, _ = job
+        self.calls.append((name, seed))
+        os.makedirs(run_dir, exist_ok=True)
+        metrics = {f"bbox/{k}": self.ap(name.split()[0], seed) for k in self.study.METRICS}
+        if "--eval-only" in cmd:  # NorCal sweep
+            sweep = {"results": {"norcal_gamma=1": {"bbox": {k[5:]: v + 1 for k, v in metrics.items()}}}}
+            with open(os.path.join(run_dir, "norcal_sweep.json"), "w") as f:
+                json.dump(sweep, f)
+            return name, seed, 0
+        max_iter = int(cmd[cmd.index("SOLVER.MAX_ITER") + 1])
+        with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+            f.write(json.dumps({"iteration": max_iter - 1, **metrics}) + "\n")
+        stats = {"loss": "bce", "pos": [1.0, 2.0, 3.0], "neg": [10.0, 4.0, 3.0]}
+        write_grad_stats(run_dir, {"groups": [0, 1, 2], "group_names": ["rare", "common", "frequent"],
+                                   "class_names": ["a", "b", "c"], "image_count": [1, 5, 20],
+                                   "stats": {"roi_heads": stats}})
+        open(os.path.join(run_dir, "model_final.pth"), "w").close()
+        return name, seed, 0
+
+
+def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    fake = FakeTrainNet(study)
+    monkeypatch.setattr(study, "train", fake)
+    monkeypatch.setattr(study, "ensure_dataset", lambda profile: 40)
+    monkeypatch.setattr(study, "dataset_digest", lambda profile: {"train.json": "abc"})
+    records = tmp_path / "records"
+
+    def session(out, *extra):
+        fake.calls.clear()
+        argv = ["--methods", "faster_rcnn_softmax", "faster_rcnn_sigmoid", "faster_rcnn_acsl", "--seeds", "0", "1",
+                "--max-iter", "4", "--out", str(tmp_path / out), "--records", str(records), *extra]
+        assert study.main(argv) == 0
+        with open(tmp_path / out / "results.json") as f:
+            return json.load(f)["methods"], list(fake.calls), capsys.readouterr().out
+
+    first, calls, _ = session("out1")
+    assert len(calls) == 6 + 2  # every run, then the NorCal sweeps of softmax
+    assert calls.index(("faster_rcnn_acsl", 0)) > calls.index(("faster_rcnn_softmax", 0))
+    record = json.loads((records / "faster_rcnn_acsl" / "seed1.json").read_text())
+    assert record["metrics"]["AP"] == fake.ap("faster_rcnn_acsl", 1) and record["commit"] == study.git_commit()
+    assert "SEED" in record["opts"] and "OUTPUT_DIR" not in record["opts"] and "MODEL.WEIGHTS" not in record["opts"]
+    assert record["dataset"] == {"train.json": "abc"} and record["machine"]["cores"] == os.cpu_count()
+    assert record["grad_ratio"] == pytest.approx({"rare": 0.1, "common": 0.5, "frequent": 1.0})
+    assert (records / "faster_rcnn_acsl" / "seed1.grad_stats.json").is_file()
+    assert json.loads((records / "faster_rcnn_softmax" / "seed0.json").read_text())["norcal"]["1"]["AP"] == \
+        fake.ap("faster_rcnn_softmax", 0) + 1
+
+    # a later session, no output directory: nothing to train, the same study
+    second, calls, printed = session("out2")
+    assert calls == [] and "skip (recorded" in printed
+    assert first["faster_rcnn_acsl"]["paired"]["baseline"] == "faster_rcnn_softmax"
+    for method in first:
+        assert second[method]["runs"] == first[method]["runs"]
+        assert second[method].get("paired") == first[method].get("paired")
+    assert second["faster_rcnn_softmax+norcal1"]["runs"]["1"]["AP"] == fake.ap("faster_rcnn_softmax", 1) + 1
+    assert second["faster_rcnn_sigmoid"]["sources"]["1"].endswith(os.path.join("faster_rcnn_sigmoid", "seed1.json"))
+    assert "records of earlier sessions" in (tmp_path / "out2" / "results.md").read_text()
+    assert (tmp_path / "out2" / "grad_ratio_two_stage.png").is_file()  # drawn from the records' statistics
+
+    # a second stage missing: its first stage (a record only) trains again for its model, the rest is kept
+    (records / "faster_rcnn_acsl" / "seed1.json").unlink()
+    third, calls, _ = session("out3")
+    assert calls == [("faster_rcnn_softmax", 1), ("faster_rcnn_acsl", 1), ("faster_rcnn_softmax NorCal", 1)]
+    assert third["faster_rcnn_acsl"]["runs"] == first["faster_rcnn_acsl"]["runs"]
+
+    # records of another schedule, or of other data, are not these runs
+    shutil.rmtree(tmp_path / "out3")
+    fourth, calls, printed = session("out4", "--summarize", "--max-iter", "6")
+    assert calls == [] and "trained with other overrides" in printed and fourth["faster_rcnn_acsl"]["runs"] == {}
+    monkeypatch.setattr(study, "dataset_digest", lambda profile: {"train.json": "other"})
+    fifth, calls, printed = session("out5", "--summarize")
+    assert calls == [] and "trained on other data" in printed and fifth["faster_rcnn_softmax"]["runs"] == {}
