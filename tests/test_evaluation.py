@@ -264,17 +264,25 @@ def test_long_tail_study_smoke(tiny, tmp_path):
     out = str(tmp_path / "study")
     cmd = [sys.executable, os.path.join(REPO, "bench", "long_tail_study.py"), "--methods", "faster_rcnn_softmax",
            "atss_focal", "--seeds", "0", "--max-iter", "2", "--jobs", "2", "--out", out,
+           "--records", str(tmp_path / "records"),
            "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0"]
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.dirname(root))
     for _ in range(2):  # the second run resumes: nothing left to train
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "skip" in proc.stdout
+    assert "skip (finished)" in proc.stdout
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)["methods"]
     for method in ("faster_rcnn_softmax", "atss_focal"):
         assert set(["AP", "APr", "AP1", "AP5"]) <= set(results[method]["mean"])
     assert os.path.isfile(os.path.join(out, "results.md"))
+    # a later session without the output directory: the records stand for the runs
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "study2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0 and "skip (recorded" in proc.stdout and "0 runs to train" in proc.stdout
+    with open(tmp_path / "study2" / "results.json") as f:
+        again = json.load(f)["methods"]
+    assert {m: again[m]["runs"] for m in again} == {m: results[m]["runs"] for m in results}
 
 
 def test_visualize_tool_with_datasets_from_the_command_line(tiny, tmp_path):
