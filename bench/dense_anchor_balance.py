@@ -51,14 +51,15 @@ def main(argv=None):
     profile = study.PROFILES[args.profile]
     num_classes = study.ensure_dataset(profile)
     cfg = study.load_method_config(args.method)
-    cfg.merge_from_list(list(profile.opts.get("dense", ())) + [
+    cfg.merge_from_list(list(profile.opts.get(study.family_of(args.method), ())) + [
         "MODEL.LTDET_DENSE.NUM_CLASSES", str(num_classes), "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"])
     model = build_model(cfg).train()
     anchors_total = positives = images = objects = 0
     with torch.no_grad():
         for batch in itertools.islice(LongTailTrainer.build_train_loader(cfg), args.batches):
             gt = [x["instances"] for x in batch]
-            features = model.backbone(model.preprocess_image(batch).tensor)
+            images = model.preprocess_image(batch).tensor
+            features = model.backbone(images)
             anchors = model.anchor_generator([features[f] for f in model.head_in_features])
             labels, _ = model.label_anchors(anchors, gt)
             for label, instances in zip(labels, gt):
@@ -66,7 +67,7 @@ def main(argv=None):
                 positives += int((label < num_classes).sum())
                 images += 1
                 objects += len(instances)
-    assert anchors_per_image(model.anchor_generator, *batch[0]["image"].shape[1:]) == labels[0].numel()
+    assert anchors_per_image(model.anchor_generator, *images.shape[-2:]) == labels[0].numel()  # padded batch
     print(f"{args.profile} / {args.method}: {images} training images, input {cfg.INPUT.MAX_SIZE_TRAIN} px")
     print(f"  objects per image {objects / images:.2f}, anchors per image {anchors_total / images:.0f}, "
           f"ATSS positives per image {positives / images:.1f} ({positives / objects:.1f} per object)")

@@ -214,8 +214,8 @@ def parse_args(argv=None):
                         help=f"subset of {', '.join(METHODS)} (default: the profile's)")
     parser.add_argument("--out", default=None, help="output directory (default: the profile's)")
     parser.add_argument("--records", default=None,
-                        help="directory of the finished runs' records, read and written (default: the profile's; "
-                             "'' for none)")
+                        help="directory of the finished runs' records, read and written, relative to the repository "
+                             "(default: the profile's; '' for none)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     parser.add_argument("--norcal-gammas", type=float, nargs="*", default=[1.0], metavar="GAMMA",
                         help="NorCal γ evaluated (--eval-only, one inference per γ) on the finished runs of "
@@ -358,37 +358,46 @@ def record_path(records, method, seed):
     return os.path.join(records, method, f"seed{seed}.json")
 
 
+def record_grad_stats_path(records, method, seed):
+    return record_path(records, method, seed)[:-len(".json")] + ".grad_stats.json"
+
+
 def git_commit():
     """``git describe --always --dirty`` of the repository, or "unknown" outside a git checkout."""
     proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO)
     return (proc.stdout.strip() if proc.returncode == 0 else "") or "unknown"
 
 
-def record_grad_stats_path(records, method, seed):
-    return record_path(records, method, seed)[:-len(".json")] + ".grad_stats.json"
-
-
-def copy_grad_stats(records, method, seed, run_dir):
-    """Copy a run's ``grad_stats.json`` beside its record (if the run has one)."""
-    source = os.path.join(run_dir, "grad_stats.json")
-    if os.path.isfile(source):
-        os.makedirs(os.path.join(records, method), exist_ok=True)
-        shutil.copyfile(source, record_grad_stats_path(records, method, seed))
+def _md5(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
 
 
 def dataset_digest(profile):
     """{file: md5} of the profile's ``train.json`` and ``val.json`` (the data a record was trained on)."""
-    digest = {}
-    for name in ("train.json", "val.json"):
-        path = os.path.join(dataset_root(profile), name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                digest[name] = hashlib.md5(f.read()).hexdigest()
+    root = dataset_root(profile)
+    return {name: _md5(os.path.join(root, name)) for name in ("train.json", "val.json")
+            if os.path.isfile(os.path.join(root, name))}
+
+
+def config_digest(method):
+    """{config file: md5} of a method's config and its ``_BASE_`` chain (relative to the repository)."""
+    digest, path = {}, config_path(method)
+    while path:
+        digest[os.path.relpath(path, REPO)] = _md5(path)
+        with open(path) as f:
+            base = next((line.split(":", 1)[1].strip().strip("'\"") for line in f if line.startswith("_BASE_:")), None)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
     return digest
 
 
+def run_identity(method, opts, dataset):
+    """What makes two trainings the same run: the config files, the overrides (output paths aside) and the data."""
+    return {"opts": list(opts), "configs": config_digest(method), "dataset": dataset}
+
+
 def machine():
-    """The CPU model, torch version and thread count of this process's machine (recorded with each run)."""
+    """The CPU model, core count and torch version of this machine (recorded with each run)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -398,66 +407,81 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
 
 
-def write_record(records, method, seed, run_dir, opts, metrics, norcal=None, dataset=None, replaces=None):
+def same_metrics(a, b):
+    """Equal final metrics (NaN, as an empty group's AP, equals NaN)."""
+    return set(a) == set(b) and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+
+
+def write_record(records, method, seed, run_dir, identity, metrics, norcal=None, previous=None):
     """Write the record of a finished run (and a copy of its ``grad_stats.json``); return its path.
 
     Args:
         records: the records directory.
         method, seed: the run.
         run_dir: its OUTPUT_DIR.
-        opts: the config overrides it was trained with, output paths excluded (``record_opts``).
+        identity: ``run_identity`` of the run.
         metrics: its final bbox metrics (``final_metrics``).
         norcal: {γ: bbox metrics} of its NorCal sweep, or None.
-        dataset: ``dataset_digest`` of its data.
-        replaces: the record of the same run from an earlier session that this one replaces (kept inside).
+        previous: the record this one replaces (same identity): a record of the same metrics keeps its commit,
+            one of other metrics (the run trained again) is kept inside as ``replaces``.
     """
     path = record_path(records, method, seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    commits = None
+    commit = None
     if os.path.isfile(os.path.join(run_dir, COMMIT_FILE)):
         with open(os.path.join(run_dir, COMMIT_FILE)) as f:
-            commits = " ".join(dict.fromkeys(line.strip() for line in f if line.strip()))
-    copy_grad_stats(records, method, seed, run_dir)
+            commit = " ".join(dict.fromkeys(line.strip() for line in f if line.strip()))
+    same = previous is not None and same_metrics(previous["metrics"], metrics)
+    grad_stats, copy = os.path.join(run_dir, "grad_stats.json"), record_grad_stats_path(records, method, seed)
+    if os.path.isfile(grad_stats):
+        shutil.copyfile(grad_stats, copy)
+    elif os.path.isfile(copy) and not same:  # another training's statistics
+        os.remove(copy)
     record = {"format": RECORD_FORMAT, "method": method, "seed": seed,
-              "config": os.path.relpath(config_path(method), REPO), "opts": list(opts),
-              "metrics": {k: metrics[k] for k in METRICS if k in metrics},
-              "grad_ratio": group_gradient_ratios(run_dir),
-              "norcal": {f"{g:g}": {k: m[k] for k in METRICS if k in m} for g, m in (norcal or {}).items()},
-              "commit": commits, "dataset": dataset, "machine": machine(),
+              "config": os.path.relpath(config_path(method), REPO), **identity,
+              "metrics": metrics, "grad_ratio": group_gradient_ratios(run_dir),
+              "norcal": {f"{g:g}": m for g, m in (norcal or {}).items()},
+              "commit": (previous["commit"] if same and previous.get("commit") else commit),
+              "machine": previous.get("machine") if same else machine(),
               "written": datetime.date.today().isoformat()}
-    if replaces is not None:
-        record["replaces"] = {k: replaces.get(k) for k in ("metrics", "commit", "machine", "written")}
+    if same:
+        record["grad_ratio"] = record["grad_ratio"] or previous.get("grad_ratio")
+        record.update({k: previous[k] for k in ("note", "replaces") if k in previous})
+    elif previous is not None:
+        record["replaces"] = {k: v for k, v in previous.items() if k in ("metrics", "commit", "machine", "written",
+                                                                       "replaces")}
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=1)
     os.replace(path + ".tmp", path)
     return path
 
 
-def read_record(records, method, seed, opts, dataset=None):
-    """The record of a run trained with exactly ``opts`` on ``dataset`` (see ``write_record``), or None.
+def read_record(records, method, seed, identity):
+    """(record, None) of a run of this ``identity`` (see ``run_identity``), (record, why not) of another one,
+    or (None, None) when there is none.
 
-    A record of other overrides (another schedule, dataset or ``--max-iter``) or of other data (its
-    ``dataset`` digest, where it has one) is not this run: it is ignored, with a message naming the difference.
+    A record of other overrides (another schedule, ``--max-iter``), other config files or other data is not
+    this run; a record without config or data digests (written before they were recorded) is compared on
+    its overrides.
     """
     path = record_path(records, method, seed) if records else None
     if not path or not os.path.isfile(path):
-        return None
+        return None, None
     with open(path) as f:
         record = json.load(f)
     if record.get("format") != RECORD_FORMAT:
         raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
-    if record["opts"] != list(opts):
-        diff = next((i for i, (a, b) in enumerate(zip(record["opts"], opts)) if a != b),
-                    min(len(record["opts"]), len(opts)))
-        print(f"record {path} was trained with other overrides (from {record['opts'][diff:diff + 2]} on, "
-              f"now {list(opts)[diff:diff + 2]}): not used", flush=True)
-        return None
-    if dataset and record.get("dataset") and record["dataset"] != dataset:
-        print(f"record {path} was trained on other data ({record['dataset']}, now {dataset}): not used", flush=True)
-        return None
     grad_stats = record_grad_stats_path(records, method, seed)
     record["grad_stats"] = grad_stats if os.path.isfile(grad_stats) else None
-    return record
+    if record["opts"] != identity["opts"]:
+        diff = next((i for i, (a, b) in enumerate(zip(record["opts"], identity["opts"])) if a != b),
+                    min(len(record["opts"]), len(identity["opts"])))
+        return record, (f"it was trained with other overrides (from {record['opts'][diff:diff + 2]} on, now "
+                        f"{identity['opts'][diff:diff + 2]})")
+    for key, what in (("configs", "config files"), ("dataset", "data")):
+        if record.get(key) and record[key] != identity[key]:
+            return record, f"it was trained with other {what} ({record[key]}, now {identity[key]})"
+    return record, None
 
 
 def mean_std(values):
@@ -618,18 +642,27 @@ def main(argv=None):
         return os.path.join(out, method, f"seed{seed}")
 
     dataset = dataset_digest(profile)
+    identities = {(m, x): run_identity(m, opts_of(m, x), dataset) for m in args.methods for x in args.seeds}
     recorded, replaced = {}, {}  # (method, seed) -> record of a run finished in an earlier session
     for seed in args.seeds:
         for method in args.methods:
-            if final_metrics(run_dir_of(method, seed), max_iters[method]) is None:
-                record = read_record(args.records, method, seed, opts_of(method, seed), dataset)
-                if record is not None and all(f"{g:g}" in record["norcal"] for g in gammas_of(method)):
-                    recorded[(method, seed)] = record
+            if final_metrics(run_dir_of(method, seed), max_iters[method]) is not None:
+                continue
+            record, other = read_record(args.records, method, seed, identities[(method, seed)])
+            if other:
+                print(f"record of {method} seed {seed} not used: {other}", flush=True)
+            elif record is not None:
+                recorded[(method, seed)] = record
+                missing = [g for g in gammas_of(method) if f"{g:g}" not in record["norcal"]]
+                if missing:
+                    print(f"record of {method} seed {seed} has no NorCal sweep of γ = {missing} (its model is gone:"
+                          f" delete the record to train it again with the sweep)", flush=True)
     for seed in args.seeds:  # a second stage still to train needs its first stage's model on disk
         for method in args.methods:
             base = baselines[method]
             model = os.path.join(run_dir_of(base, seed), "model_final.pth") if base else None
-            if base and (method, seed) not in recorded and (base, seed) in recorded and not os.path.isfile(model):
+            if (base and not (args.summarize or args.dry_run) and (method, seed) not in recorded
+                    and (base, seed) in recorded and not os.path.isfile(model)):
                 print(f"{base} seed {seed} is only a record: trained again for the second stage of {method}")
                 replaced[(base, seed)] = recorded.pop((base, seed))
     for seed in args.seeds:  # seed-major: a first complete comparison early
@@ -686,28 +719,28 @@ def main(argv=None):
         for seed in args.seeds:
             run_dir = run_dir_of(method, seed)
             metrics = final_metrics(run_dir, max_iters[method])
+            record, other = read_record(args.records, method, seed, identities[(method, seed)])
             if metrics is not None:  # trained in this output directory
+                metrics = {k: metrics[k] for k in METRICS if k in metrics}
                 sweep = norcal_metrics(run_dir, gammas_of(method)) if gammas_of(method) else {}
                 ratio, grad_stats = group_gradient_ratios(run_dir), os.path.join(run_dir, "grad_stats.json")
                 sources[str(seed)] = "output"
-                previous = replaced.get((method, seed)) or read_record(
-                    args.records, method, seed, opts_of(method, seed), dataset)
-                same = previous is not None and all(previous["metrics"].get(k) == metrics.get(k) for k in METRICS)
+                previous = None if other else record
+                same = previous is not None and same_metrics(previous["metrics"], metrics)
                 if previous is not None and not same:
                     print(f"{method} seed {seed} trained again: AP {metrics['AP']:.3f}, its record "
                           f"(commit {previous['commit']}) {previous['metrics']['AP']:.3f}", flush=True)
-                if same and gammas_of(method) and not sweep:  # the same model: the record's sweep holds
+                if same and not sweep:  # the same model: the record's sweep holds
                     sweep = {float(g): m for g, m in previous["norcal"].items()}
-                keep = same and all(f"{g:g}" in previous["norcal"] for g in gammas_of(method))
-                if args.records and not keep:
-                    sources[str(seed)] = os.path.relpath(
-                        write_record(args.records, method, seed, run_dir, opts_of(method, seed), metrics, sweep,
-                                     dataset, replaces=previous), REPO)
+                if other:
+                    print(f"{method} seed {seed}: no record written, {record_path(args.records, method, seed)} "
+                          f"is kept ({other}); use another --records for these runs", flush=True)
                 elif args.records:
-                    copy_grad_stats(args.records, method, seed, run_dir)
-                    sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
-            elif (method, seed) in recorded:
-                record = recorded[(method, seed)]
+                    sources[str(seed)] = os.path.relpath(write_record(
+                        args.records, method, seed, run_dir, identities[(method, seed)], metrics, sweep, previous),
+                        REPO)
+            elif (method, seed) in recorded or (method, seed) in replaced:  # (a first stage not trained again)
+                record = recorded.get((method, seed)) or replaced[(method, seed)]
                 metrics, ratio, grad_stats = record["metrics"], record["grad_ratio"], record["grad_stats"]
                 sweep = {float(g): m for g, m in record["norcal"].items()}
                 sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
@@ -742,7 +775,7 @@ def main(argv=None):
                 "opts": args.opts, "num_classes": num_classes,
                 "records": args.records and os.path.relpath(args.records, REPO),
                 "command": " ".join(["bench/long_tail_study.py", *(sys.argv[1:] if argv is None else argv)])}
-    commits = sorted({r["commit"] for r in recorded.values()} - {None})
+    commits = sorted({str(r["commit"]) for r in recorded.values()})
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"settings": settings, "methods": results}, f, indent=1)
@@ -752,7 +785,7 @@ def main(argv=None):
                 f"`{settings['command']}`\n\n")
         if recorded:
             f.write(f"{len(recorded)} of the runs are records of earlier sessions (`{settings['records']}`, "
-                    f"commits {', '.join(commits)}); the rest were trained in `{args.out}`.\n\n")
+                    f"commits: {', '.join(commits)}); the rest were trained in `{args.out}`.\n\n")
         f.write(table + "\n\n")
         f.write("Paired differences with the baseline each paper compares with (same seed), mean ± std "
                 "(per seed); * = paired t-test, p < 0.05:\n\n" + paired + "\n\n")

@@ -145,7 +145,6 @@ class FakeTrainNet:
 
 def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, monkeypatch, capsys):
     import json
-    import shutil
 
     fake = FakeTrainNet(study)
     monkeypatch.setattr(study, "train", fake)
@@ -185,16 +184,34 @@ def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, m
     assert "records of earlier sessions" in (tmp_path / "out2" / "results.md").read_text()
     assert (tmp_path / "out2" / "grad_ratio_two_stage.png").is_file()  # drawn from the records' statistics
 
-    # a second stage missing: its first stage (a record only) trains again for its model, the rest is kept
+    # a second stage missing: --summarize keeps the first stage's record; a study trains the first stage again
+    # (a record only) for its model, the rest is kept
     (records / "faster_rcnn_acsl" / "seed1.json").unlink()
+    summary, calls, _ = session("out3", "--summarize")
+    assert calls == [] and summary["faster_rcnn_softmax"]["runs"] == first["faster_rcnn_softmax"]["runs"]
+    assert "1" not in summary["faster_rcnn_acsl"]["runs"]
     third, calls, _ = session("out3")
     assert calls == [("faster_rcnn_softmax", 1), ("faster_rcnn_acsl", 1), ("faster_rcnn_softmax NorCal", 1)]
     assert third["faster_rcnn_acsl"]["runs"] == first["faster_rcnn_acsl"]["runs"]
 
-    # records of another schedule, or of other data, are not these runs
-    shutil.rmtree(tmp_path / "out3")
-    fourth, calls, printed = session("out4", "--summarize", "--max-iter", "6")
-    assert calls == [] and "trained with other overrides" in printed and fourth["faster_rcnn_acsl"]["runs"] == {}
+    # records of another schedule, or of other data, are not these runs, and are not overwritten by them
+    before = {p: p.read_text() for p in records.rglob("*.json")}
+    fourth, calls, printed = session("out4", "--max-iter", "6")
+    assert len(calls) == 6 + 2 and "trained with other overrides" in printed and "no record written" in printed
+    assert {p: p.read_text() for p in records.rglob("*.json")} == before
     monkeypatch.setattr(study, "dataset_digest", lambda profile: {"train.json": "other"})
     fifth, calls, printed = session("out5", "--summarize")
-    assert calls == [] and "trained on other data" in printed and fifth["faster_rcnn_softmax"]["runs"] == {}
+    assert calls == [] and "trained with other data" in printed and fifth["faster_rcnn_softmax"]["runs"] == {}
+
+
+def test_same_metrics_treats_nan_as_equal(study):
+    nan = float("nan")
+    assert study.same_metrics({"AP": 1.0, "APr": nan}, {"AP": 1.0, "APr": nan})
+    assert not study.same_metrics({"AP": 1.0, "APr": nan}, {"AP": 1.0, "APr": 0.0})
+    assert not study.same_metrics({"AP": 1.0}, {"AP": 1.0, "APr": 0.0})
+
+
+def test_config_digest_follows_the_base_chain(study):
+    digest = study.config_digest("faster_rcnn_acsl")
+    assert list(digest) == [os.path.join("configs", "synthetic", "faster_rcnn_acsl.yaml"),
+                            os.path.join("configs", "Base-Synthetic-RCNN-FPN.yaml")]
