@@ -484,6 +484,11 @@ def read_record(records, method, seed, identity):
     return record, None
 
 
+def record_sweep(record):
+    """{γ: bbox metrics} of a record's NorCal sweep (``norcal_metrics``'s form)."""
+    return {float(g): m for g, m in record["norcal"].items()}
+
+
 def mean_std(values):
     values = np.asarray(values, dtype=np.float64)
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -643,12 +648,15 @@ def main(argv=None):
 
     dataset = dataset_digest(profile)
     identities = {(m, x): run_identity(m, opts_of(m, x), dataset) for m in args.methods for x in args.seeds}
+    # read once: (record, why it is not this run) of every run, and the runs finished in --out before training
+    stored = {(m, x): read_record(args.records, m, x, identities[(m, x)]) for m, x in identities}
+    finished = {(m, x) for m, x in identities if final_metrics(run_dir_of(m, x), max_iters[m]) is not None}
     recorded, replaced = {}, {}  # (method, seed) -> record of a run finished in an earlier session
     for seed in args.seeds:
         for method in args.methods:
-            if final_metrics(run_dir_of(method, seed), max_iters[method]) is not None:
+            if (method, seed) in finished:
                 continue
-            record, other = read_record(args.records, method, seed, identities[(method, seed)])
+            record, other = stored[(method, seed)]
             if other:
                 print(f"record of {method} seed {seed} not used: {other}", flush=True)
             elif record is not None:
@@ -668,7 +676,7 @@ def main(argv=None):
     for seed in args.seeds:  # seed-major: a first complete comparison early
         for method in args.methods:
             run_dir = run_dir_of(method, seed)
-            if final_metrics(run_dir, max_iters[method]) is not None:
+            if (method, seed) in finished:
                 print(f"skip (finished): {method} seed {seed}")
                 continue
             if (method, seed) in recorded:
@@ -719,7 +727,7 @@ def main(argv=None):
         for seed in args.seeds:
             run_dir = run_dir_of(method, seed)
             metrics = final_metrics(run_dir, max_iters[method])
-            record, other = read_record(args.records, method, seed, identities[(method, seed)])
+            record, other = stored[(method, seed)]
             if metrics is not None:  # trained in this output directory
                 metrics = {k: metrics[k] for k in METRICS if k in metrics}
                 sweep = norcal_metrics(run_dir, gammas_of(method)) if gammas_of(method) else {}
@@ -731,7 +739,7 @@ def main(argv=None):
                     print(f"{method} seed {seed} trained again: AP {metrics['AP']:.3f}, its record "
                           f"(commit {previous['commit']}) {previous['metrics']['AP']:.3f}", flush=True)
                 if same and not sweep:  # the same model: the record's sweep holds
-                    sweep = {float(g): m for g, m in previous["norcal"].items()}
+                    sweep = record_sweep(previous)
                 if other:
                     print(f"{method} seed {seed}: no record written, {record_path(args.records, method, seed)} "
                           f"is kept ({other}); use another --records for these runs", flush=True)
@@ -742,7 +750,7 @@ def main(argv=None):
             elif (method, seed) in recorded or (method, seed) in replaced:  # (a first stage not trained again)
                 record = recorded.get((method, seed)) or replaced[(method, seed)]
                 metrics, ratio, grad_stats = record["metrics"], record["grad_ratio"], record["grad_stats"]
-                sweep = {float(g): m for g, m in record["norcal"].items()}
+                sweep = record_sweep(record)
                 sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
             else:
                 continue
