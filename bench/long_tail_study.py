@@ -222,6 +222,10 @@ def parse_args(argv=None):
                              f"{', '.join(NORCAL_METHODS)} (default: 1.0; none: no sweep)")
     parser.add_argument("--summarize", action="store_true",
                         help="train nothing: write results.md / results.json from the runs finished so far")
+    parser.add_argument("--rebase-data", default=None, metavar="OLD_ROOT",
+                        help="train nothing: check that the profile's dataset differs from the one under OLD_ROOT "
+                             "only in what no training or reported metric reads (annotation areas, the generator "
+                             "version) and move the records of OLD_ROOT's data to it (see rebase_records)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
@@ -373,9 +377,8 @@ def _md5(path):
         return hashlib.md5(f.read()).hexdigest()
 
 
-def dataset_digest(profile):
-    """{file: md5} of the profile's ``train.json`` and ``val.json`` (the data a record was trained on)."""
-    root = dataset_root(profile)
+def dataset_digest(root):
+    """{file: md5} of the ``train.json`` and ``val.json`` under ``root`` (the data a record was trained on)."""
     return {name: _md5(os.path.join(root, name)) for name in ("train.json", "val.json")
             if os.path.isfile(os.path.join(root, name))}
 
@@ -487,6 +490,65 @@ def read_record(records, method, seed, identity):
 def record_sweep(record):
     """{γ: bbox metrics} of a record's NorCal sweep (``norcal_metrics``'s form)."""
     return {float(g): m for g, m in record["norcal"].items()}
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def data_difference(old_root, new_root):
+    """Check that the dataset under ``new_root`` is the one under ``old_root`` for training and for the study's
+    metrics: the same image files (bytes), image entries, categories and annotations, boxes and polygons
+    included, and the same generator parameters but its version. Only annotation ``area`` may differ: the
+    LVIS API reads it only to split AP by area (APs/APm/APl), and every metric of the study (``METRICS``) is
+    over area "all" (0 to 1e10); detectron2's loader does not read it.
+
+    Returns:
+        (annotations whose area differs, annotations, largest |area difference|).
+    Raises:
+        ValueError: naming the first difference in anything else.
+    """
+    changed, total, largest = 0, 0, 0.0
+    for split in ("train", "val"):
+        old, new = (_json(os.path.join(root, f"{split}.json")) for root in (old_root, new_root))
+        for key in ("images", "categories", "licenses"):
+            if old[key] != new[key]:
+                raise ValueError(f"{split}.json: the {key} differ")
+        params = [dict(d["info"].get("generator", {}), version=None) for d in (old, new)]
+        if params[0] != params[1] or len(old["annotations"]) != len(new["annotations"]):
+            raise ValueError(f"{split}.json: other generator parameters or another number of annotations")
+        for a, b in zip(old["annotations"], new["annotations"]):
+            if dict(a, area=None) != dict(b, area=None):
+                raise ValueError(f"{split}.json: annotation {a['id']} differs beyond its area")
+            total += 1
+            if a["area"] != b["area"]:
+                changed, largest = changed + 1, max(largest, abs(a["area"] - b["area"]))
+        for image in new["images"]:
+            paths = [os.path.join(root, image["coco_url"]) for root in (old_root, new_root)]
+            if _md5(paths[0]) != _md5(paths[1]):
+                raise ValueError(f"{image['coco_url']} differs")
+    return changed, total, largest
+
+
+def rebase_records(records, old_digest, new_digest, why):
+    """Move the records of the data ``old_digest`` (``dataset_digest``) to ``new_digest``; each keeps the old
+    digest and ``why`` in ``data_rebased``. Returns the paths rewritten."""
+    rewritten = []
+    for path in sorted(glob.glob(os.path.join(records, "*", "seed*.json"))):
+        if path.endswith(".grad_stats.json"):
+            continue
+        record = _json(path)
+        if record.get("dataset") != old_digest:
+            continue
+        record["dataset"] = new_digest
+        record.setdefault("data_rebased", []).append(
+            {"from": old_digest, "why": why, "written": datetime.date.today().isoformat()})
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
+        rewritten.append(path)
+    return rewritten
 
 
 def mean_std(values):
@@ -621,6 +683,16 @@ def main(argv=None):
     profile = PROFILES[args.profile]
     out = os.path.abspath(args.out)
     num_classes = ensure_dataset(profile)
+    if args.rebase_data:
+        old_root = os.path.expanduser(args.rebase_data)
+        old_digest, new_digest = dataset_digest(old_root), dataset_digest(dataset_root(profile))
+        changed, total, largest = data_difference(old_root, dataset_root(profile))
+        why = (f"the data of {new_digest} (generator of commit {git_commit()}) differs from {old_digest} only in "
+               f"{changed} of {total} annotation areas (by <= {largest:.2f}), which neither training nor the "
+               f"study's metrics read (bench/long_tail_study.py data_difference)")
+        paths = rebase_records(args.records, old_digest, new_digest, why) if args.records else []
+        print(f"{why}: {len(paths)} records moved to it", flush=True)
+        return 0
     threads = str(max(1, args.cores // max(1, args.jobs)))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     common = ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "MODEL.LTDET_DENSE.NUM_CLASSES", str(num_classes)]
@@ -646,7 +718,7 @@ def main(argv=None):
     def run_dir_of(method, seed):
         return os.path.join(out, method, f"seed{seed}")
 
-    dataset = dataset_digest(profile)
+    dataset = dataset_digest(dataset_root(profile))
     identities = {(m, x): run_identity(m, opts_of(m, x), dataset) for m in args.methods for x in args.seeds}
     # read once: (record, why it is not this run) of every run, and the runs finished in --out before training
     stored = {(m, x): read_record(args.records, m, x, identities[(m, x)]) for m, x in identities}

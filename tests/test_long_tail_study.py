@@ -149,7 +149,7 @@ def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, m
     fake = FakeTrainNet(study)
     monkeypatch.setattr(study, "train", fake)
     monkeypatch.setattr(study, "ensure_dataset", lambda profile: 40)
-    monkeypatch.setattr(study, "dataset_digest", lambda profile: {"train.json": "abc"})
+    monkeypatch.setattr(study, "dataset_digest", lambda root: {"train.json": "abc"})
     records = tmp_path / "records"
 
     def session(out, *extra):
@@ -199,7 +199,7 @@ def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, m
     fourth, calls, printed = session("out4", "--max-iter", "6")
     assert len(calls) == 6 + 2 and "trained with other overrides" in printed and "no record written" in printed
     assert {p: p.read_text() for p in records.rglob("*.json")} == before
-    monkeypatch.setattr(study, "dataset_digest", lambda profile: {"train.json": "other"})
+    monkeypatch.setattr(study, "dataset_digest", lambda root: {"train.json": "other"})
     fifth, calls, printed = session("out5", "--summarize")
     assert calls == [] and "trained with other data" in printed and fifth["faster_rcnn_softmax"]["runs"] == {}
 
@@ -215,3 +215,54 @@ def test_config_digest_follows_the_base_chain(study):
     digest = study.config_digest("faster_rcnn_acsl")
     assert list(digest) == [os.path.join("configs", "synthetic", "faster_rcnn_acsl.yaml"),
                             os.path.join("configs", "Base-Synthetic-RCNN-FPN.yaml")]
+
+
+def test_rebase_moves_records_only_to_data_that_trains_and_scores_the_same(study, tmp_path):
+    import json
+    import shutil
+
+    from ltdet.data.synthetic import generate
+
+    old = str(tmp_path / "old")
+    generate(old, num_train=300, num_val=60, image_size=32, num_frequent=2, num_common=3, num_rare=4, progress=False)
+    new = str(tmp_path / "new")
+    shutil.copytree(old, new)
+
+    def edit(root, change):
+        path = os.path.join(root, "train.json")
+        with open(path) as f:
+            data = json.load(f)
+        change(data)
+        with open(path, "w") as f:
+            json.dump(data, f)
+
+    edit(new, lambda d: (d["annotations"][0].update(area=d["annotations"][0]["area"] + 0.01),
+                         d["info"]["generator"].update(version=99)))
+    total = sum(len(json.load(open(os.path.join(old, f"{s}.json")))["annotations"]) for s in ("train", "val"))
+    changed, counted, largest = study.data_difference(old, new)
+    assert (changed, counted) == (1, total) and largest == pytest.approx(0.01)
+    for breaks, what in ((lambda d: d["annotations"][1]["bbox"].__setitem__(0, 0.5), "annotation"),
+                         (lambda d: d["images"][0].update(neg_category_ids=[]), "images"),
+                         (lambda d: d["info"]["generator"].update(seed=5), "generator")):
+        other = str(tmp_path / f"other_{what}")
+        shutil.copytree(new, other)
+        edit(other, breaks)
+        with pytest.raises(ValueError, match=what):
+            study.data_difference(old, other)
+    image = json.load(open(os.path.join(new, "val.json")))["images"][0]["coco_url"]
+    with open(os.path.join(new, image), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="differs"):
+        study.data_difference(old, new)
+
+    records = tmp_path / "records"
+    for method, dataset in (("faster_rcnn_eql", study.dataset_digest(old)), ("faster_rcnn_eqlv2", {"train.json": "x"})):
+        (records / method).mkdir(parents=True)
+        (records / method / "seed0.json").write_text(json.dumps({"format": study.RECORD_FORMAT, "dataset": dataset}))
+        (records / method / "seed0.grad_stats.json").write_text("{}")
+    paths = study.rebase_records(str(records), study.dataset_digest(old), {"train.json": "new"}, "why")
+    assert paths == [str(records / "faster_rcnn_eql" / "seed0.json")]
+    moved = json.loads((records / "faster_rcnn_eql" / "seed0.json").read_text())
+    assert moved["dataset"] == {"train.json": "new"}
+    assert moved["data_rebased"][0]["from"] == study.dataset_digest(old) and moved["data_rebased"][0]["why"] == "why"
+    assert json.loads((records / "faster_rcnn_eqlv2" / "seed0.json").read_text())["dataset"] == {"train.json": "x"}

@@ -39,7 +39,8 @@ __all__ = ["LVIS_LIKE_STYLE", "generate_lvis_like", "lvis_like_class_specs", "lv
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+#: 2: the synthetic generator's polygons and areas without BLAS (ltdet.data.synthetic.GENERATOR_VERSION).
+GENERATOR_VERSION = 2
 #: LVIS v1's frequent / common / rare shares of its 1,203 classes (405 / 461 / 337).
 LVIS_V1_SHARES = (405 / 1203, 461 / 1203, 337 / 1203)
 LVIS_LIKE_STYLE = RenderStyle(max_objects=8, colour_jitter=16, rotate=True, neg_fraction=(0.05, 0.15),
