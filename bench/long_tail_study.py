@@ -248,10 +248,16 @@ def ensure_dataset(profile):
     from ltdet.data.datasets import read_lvis_categories
 
     root = dataset_root(profile)
+    module, function = profile.generator.split(":")
+    module = importlib.import_module(module)
     if not os.path.isfile(os.path.join(root, "train.json")):
-        module, function = profile.generator.split(":")
         print(f"generating the {profile.folder} dataset in {root}", flush=True)
-        getattr(importlib.import_module(module), function)(root)
+        getattr(module, function)(root)
+    with open(os.path.join(root, "train.json")) as f:
+        version = json.load(f)["info"].get("generator", {}).get("version")
+    if version != getattr(module, "GENERATOR_VERSION", version):
+        print(f"{root} was made by version {version} of {module.__name__}, now {module.GENERATOR_VERSION}: records "
+              f"of the current data will not match it (regenerate it: python -m {module.__name__})", flush=True)
     return len(read_lvis_categories(os.path.join(root, "train.json"))[0])
 
 
