@@ -1,10 +1,13 @@
 """bench/long_tail_study.py's analysis: paired differences with a t-test, group gradient ratios, profiles."""
 import importlib.util
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
+from ltdet.data.synthetic import generate
 from ltdet.engine.grad_stats_file import write_grad_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,8 +124,6 @@ class FakeTrainNet:
         return 10.0 + len(method) + seed / 4
 
     def __call__(self, job):
-        import json
-
         name, seed, run_dir, cmd, _ = job
         self.calls.append((name, seed))
         os.makedirs(run_dir, exist_ok=True)
@@ -144,8 +145,6 @@ class FakeTrainNet:
 
 
 def test_records_resume_the_study_in_a_fresh_output_directory(study, tmp_path, monkeypatch, capsys):
-    import json
-
     fake = FakeTrainNet(study)
     monkeypatch.setattr(study, "train", fake)
     monkeypatch.setattr(study, "ensure_dataset", lambda profile: 40)
@@ -218,11 +217,6 @@ def test_config_digest_follows_the_base_chain(study):
 
 
 def test_rebase_moves_records_only_to_data_that_trains_and_scores_the_same(study, tmp_path):
-    import json
-    import shutil
-
-    from ltdet.data.synthetic import generate
-
     old = str(tmp_path / "old")
     generate(old, num_train=300, num_val=60, image_size=32, num_frequent=2, num_common=3, num_rare=4, progress=False)
     new = str(tmp_path / "new")
