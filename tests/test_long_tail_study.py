@@ -90,6 +90,17 @@ def test_profiles_scale_schedules_and_override_the_dataset(study):
         assert pairs["DATASETS.TRAIN"] == '("synthetic_lvis_train",)'
 
 
+def test_lvis_like_eql_threshold_holds_exactly_the_rare_and_common_classes(study):
+    # EQL Tab. 1: λ "set as 1.76e-3 to include all the rare and common categories" of LVIS v0.5
+    from ltdet.data.synthetic_lvis import lvis_like_targets
+
+    opts = study.PROFILES["lvis_like"].method_opts["faster_rcnn_eql"]
+    lambda_ = float(dict(zip(opts[::2], opts[1::2]))["LTDET.EQL.LAMBDA"])
+    # EQL's f_j: image count / annotated images (the generator leaves 1% of the 20,000 images empty)
+    frequency = lvis_like_targets(20000, 101, 115, 84) / (20000 - 20000 // 100)
+    assert (frequency[101:] < lambda_).all() and (frequency[:101] >= lambda_).all()
+
+
 def test_norcal_sweep_command_and_results(study, tmp_path):
     from detectron2.engine import default_argument_parser
 
