@@ -423,6 +423,11 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
 
 
+def machine_label(m):
+    """A record's ``machine`` as text (None: not recorded, as in the first session's records)."""
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}" if m else None
+
+
 def same_metrics(a, b):
     """Equal final metrics (NaN, as an empty group's AP, equals NaN)."""
     return set(a) == set(b) and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
@@ -595,7 +600,9 @@ def paired_differences(results, methods, compared_with=None):
     ``COMPARED_WITH``), in place (``results[method]["paired"]``); return the markdown table.
 
     A cell is ``mean ± std (per-seed differences)``, marked ``*`` when a paired two-sided t-test over the
-    seeds rejects "no difference" at 5% (``T_CRITICAL_95``; needs >= 2 seeds and a non-zero spread).
+    seeds rejects "no difference" at 5% (``T_CRITICAL_95``; needs >= 2 seeds and a non-zero spread). A
+    per-seed difference of two runs trained on other machines (``results[m]["machines"]``: seed -> label,
+    None where not recorded) is marked ``†``: another CPU moved a run's AP by up to 1.7 (README).
     """
     compared_with = COMPARED_WITH if compared_with is None else compared_with
     lines = ["| method | vs | seeds | " + " | ".join(f"Δ{k}" for k in PAIRED_METRICS) + " |",
@@ -608,9 +615,15 @@ def paired_differences(results, methods, compared_with=None):
         seeds = sorted(set(runs) & set(base), key=int)
         if not seeds:
             continue
-        paired, cells = {"baseline": baseline, "seeds": [int(x) for x in seeds]}, []
+        machines, base_machines = results[method].get("machines"), results[baseline].get("machines")
+        other = {x for x in seeds if machines is not None and base_machines is not None
+                 and machines.get(x) != base_machines.get(x)}
+        paired = {"baseline": baseline, "seeds": [int(x) for x in seeds],
+                  "other_machine_seeds": sorted(int(x) for x in other)}
+        cells = []
         for key in PAIRED_METRICS:
-            diffs = [runs[x][key] - base[x][key] for x in seeds if key in runs[x] and key in base[x]]
+            both = [x for x in seeds if key in runs[x] and key in base[x]]
+            diffs = [runs[x][key] - base[x][key] for x in both]
             if not diffs:
                 cells.append("-")
                 continue
@@ -618,7 +631,7 @@ def paired_differences(results, methods, compared_with=None):
             n = len(diffs)
             significant = n > 1 and std > 0 and abs(mean) / (std / math.sqrt(n)) > T_CRITICAL_95[min(n - 1, 10) - 1]
             paired[key] = {"differences": diffs, "mean": mean, "std": std, "significant": bool(significant)}
-            per_seed = " ".join(f"{d:+.1f}" for d in diffs)
+            per_seed = " ".join(f"{d:+.1f}{'†' if x in other else ''}" for x, d in zip(both, diffs))
             cells.append(f"{mean:+.1f} ± {std:.1f} ({per_seed}){' *' if significant else ''}")
         results[method]["paired"] = paired
         lines.append(f"| {method} | {method_label(baseline)} | {len(seeds)} | " + " | ".join(cells) + " |")
@@ -806,9 +819,9 @@ def main(argv=None):
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         failed += [(m, s) for m, s, code in pool.map(train, sweeps) if code != 0]
 
-    results, ratios, curves, norcal_runs = {}, {}, {}, {}
+    results, ratios, curves, norcal_runs, here = {}, {}, {}, {}, machine()
     for method in args.methods:
-        runs, sources = {}, {}
+        runs, sources, machines = {}, {}, {}
         for seed in args.seeds:
             run_dir = run_dir_of(method, seed)
             metrics = final_metrics(run_dir, max_iters[method])
@@ -825,6 +838,7 @@ def main(argv=None):
                           f"(commit {previous['commit']}) {previous['metrics']['AP']:.3f}", flush=True)
                 if same and not sweep:  # the same model: the record's sweep holds
                     sweep = record_sweep(previous)
+                machines[str(seed)] = machine_label(previous.get("machine") if same else here)
                 if other:
                     print(f"{method} seed {seed}: no record written, {record_path(args.records, method, seed)} "
                           f"is kept ({other}); use another --records for these runs", flush=True)
@@ -837,6 +851,7 @@ def main(argv=None):
                 metrics, ratio, grad_stats = record["metrics"], record["grad_ratio"], record["grad_stats"]
                 sweep = record_sweep(record)
                 sources[str(seed)] = os.path.relpath(record_path(args.records, method, seed), REPO)
+                machines[str(seed)] = machine_label(record.get("machine"))
             else:
                 continue
             runs[str(seed)] = {k: metrics[k] for k in METRICS if k in metrics}
@@ -847,7 +862,8 @@ def main(argv=None):
                 if sweep and gamma in sweep:
                     norcal_runs.setdefault((method, gamma), {})[str(seed)] = {
                         k: sweep[gamma][k] for k in METRICS if k in sweep[gamma]}
-        results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs, "sources": sources}
+        results[method] = {"config": os.path.relpath(config_path(method), REPO), "runs": runs, "sources": sources,
+                           "machines": machines}
     rows, compared_with = list(args.methods), dict(COMPARED_WITH)
     for method in (m for m in args.methods if gammas_of(m)):
         for gamma in gammas_of(method):
@@ -881,7 +897,9 @@ def main(argv=None):
                     f"commits: {', '.join(commits)}); the rest were trained in `{args.out}`.\n\n")
         f.write(table + "\n\n")
         f.write("Paired differences with the baseline each paper compares with (same seed), mean ± std "
-                "(per seed); * = paired t-test, p < 0.05:\n\n" + paired + "\n\n")
+                "(per seed); * = paired t-test, p < 0.05; † = the two runs of that seed were trained on other "
+                "machines (`machine` of their records; the first session's records have none and count as one "
+                "machine):\n\n" + paired + "\n\n")
         f.write("Accumulated positive / negative gradient ratio of the classification logits at the end of "
                 "training, mean over each group's classes (and over seeds); the figures show each method's "
                 "first seed with statistics:\n\n" + ratio_table + "\n\n")

@@ -51,6 +51,12 @@ def test_paired_differences_and_t_test(study):
     assert noisy["faster_rcnn_eqlv2"]["paired"]["AP"]["mean"] == pytest.approx(1.1)
     assert not noisy["faster_rcnn_eqlv2"]["paired"]["AP"]["significant"]
     assert study.T_CRITICAL_95[1] == pytest.approx(stats.t.ppf(0.975, 2), abs=1e-3)
+    # a pair of runs trained on other machines is marked; runs without a recorded machine count as one machine
+    results["faster_rcnn_sigmoid"]["machines"] = {"0": "cpu A", "1": None, "2": "cpu A"}
+    results["faster_rcnn_eqlv2"]["machines"] = {"0": "cpu A", "1": None, "2": "cpu B", "7": "cpu B"}
+    table = study.paired_differences(results, ["faster_rcnn_eqlv2"])
+    assert results["faster_rcnn_eqlv2"]["paired"]["other_machine_seeds"] == [2]
+    assert "+1.0 +1.2 +0.9†" in table
 
 
 def test_group_gradient_ratios_from_grad_stats(study, tmp_path):
