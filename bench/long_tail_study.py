@@ -80,9 +80,9 @@ METRICS = ("AP", "AP50", "APr", "APc", "APf", "AP1", "AP2", "AP3", "AP4", "AP5")
 PAIRED_METRICS = ("AP", "APr", "APc", "APf")
 #: The baseline each method's paper compares with: EQL (Tan et al. 2020, Tab. 1) and EQLv2 (Tab. 1) report
 #: their gain over sigmoid BCE; Seesaw (Tab. 1), ACSL (Tab. 2) and cRT (EQLv2 Tab. 1 f) over softmax CE (ACSL
-#: and cRT fine-tune that very model); EFL (Tab. 2/3) and EQFL / EQLv2-focal (EFL Tab. 3) over focal loss; the
-#: federated loss (CenterNet2) replaces the sigmoid BCE over all classes; ECM (ltdet's choice) is compared with
-#: detectron2's default softmax CE.
+#: and cRT fine-tune that very model); EFL (Tab. 2/3), EQFL (EFL Tab. 8, with YOLOX) and EQLv2-focal over focal
+#: loss; the federated loss (CenterNet2) replaces the sigmoid BCE over all classes; ECM (ltdet's choice) is
+#: compared with detectron2's default softmax CE.
 COMPARED_WITH = {
     "faster_rcnn_eql": "faster_rcnn_sigmoid",
     "faster_rcnn_eqlv2": "faster_rcnn_sigmoid",
