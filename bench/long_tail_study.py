@@ -467,10 +467,10 @@ def write_record(records, method, seed, run_dir, identity, metrics, norcal=None,
               "written": datetime.date.today().isoformat()}
     if same:
         record["grad_ratio"] = record["grad_ratio"] or previous.get("grad_ratio")
-        record.update({k: previous[k] for k in ("note", "replaces") if k in previous})
+        record.update({k: previous[k] for k in ("note", "replaces", "data_rebased") if k in previous})
     elif previous is not None:
-        record["replaces"] = {k: v for k, v in previous.items()
-                              if k in ("metrics", "norcal", "commit", "machine", "written", "replaces")}
+        record["replaces"] = {k: v for k, v in previous.items() if k in (
+            "metrics", "norcal", "commit", "machine", "written", "replaces", "data_rebased")}
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=1)
     os.replace(path + ".tmp", path)

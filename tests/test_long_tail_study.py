@@ -277,3 +277,22 @@ def test_rebase_moves_records_only_to_data_that_trains_and_scores_the_same(study
     assert moved["dataset"] == {"train.json": "new"}
     assert moved["data_rebased"][0]["from"] == study.dataset_digest(old) and moved["data_rebased"][0]["why"] == "why"
     assert json.loads((records / "faster_rcnn_eqlv2" / "seed0.json").read_text())["dataset"] == {"train.json": "x"}
+
+
+def test_a_rewritten_record_keeps_its_history(study, tmp_path):
+    identity = {"opts": ["SEED", "0"], "configs": {}, "dataset": {"train.json": "new"}}
+    metrics = {"AP": 20.0, "APr": 1.0}
+    history = {"note": "n", "replaces": {"metrics": {"AP": 19.0}}, "commit": "abc", "machine": None,
+               "data_rebased": [{"from": {"train.json": "old"}, "why": "areas", "written": "2026-12-03"}]}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = str(tmp_path / "records")
+    path = study.write_record(records, "faster_rcnn_eql", 0, str(run_dir), identity, metrics,
+                              previous={"metrics": dict(metrics), **history})
+    same = json.loads(open(path).read())
+    assert {k: same[k] for k in history} == history  # the same run: its commit, notes and data history stay
+    path = study.write_record(records, "faster_rcnn_eql", 0, str(run_dir), identity, {"AP": 21.0},
+                              previous={"metrics": dict(metrics), **history})
+    again = json.loads(open(path).read())  # trained again: the earlier run, its data history included, is kept
+    assert "data_rebased" not in again and again["replaces"]["data_rebased"] == history["data_rebased"]
+    assert again["replaces"]["metrics"] == metrics and again["metrics"] == {"AP": 21.0}
