@@ -250,22 +250,32 @@ def dataset_root(profile):
     return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), profile.folder)
 
 
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, data):
+    """Write ``data`` to ``path`` atomically (a record is never left half written)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def ensure_dataset(profile):
     """Generate the profile's dataset if absent; return its number of classes."""
-    from ltdet.data.datasets import read_lvis_categories
-
     root = dataset_root(profile)
     module, function = profile.generator.split(":")
     module = importlib.import_module(module)
     if not os.path.isfile(os.path.join(root, "train.json")):
         print(f"generating the {profile.folder} dataset in {root}", flush=True)
         getattr(module, function)(root)
-    with open(os.path.join(root, "train.json")) as f:
-        version = json.load(f)["info"].get("generator", {}).get("version")
+    train = _json(os.path.join(root, "train.json"))  # parsed once: its generator version and classes
+    version = train["info"].get("generator", {}).get("version")
     if version != getattr(module, "GENERATOR_VERSION", version):
         print(f"{root} was made by version {version} of {module.__name__}, now {module.GENERATOR_VERSION}: records "
               f"of the current data will not match it (regenerate it: python -m {module.__name__})", flush=True)
-    return len(read_lvis_categories(os.path.join(root, "train.json"))[0])
+    return len(train["categories"])
 
 
 def run_schedule(method, max_iter=None, scale=1.0):
@@ -337,8 +347,7 @@ def norcal_metrics(run_dir, gammas):
     path = os.path.join(run_dir, "norcal", "norcal_sweep.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        sweep = json.load(f)
+    sweep = _json(path)
     out = {}
     for gamma in gammas:
         res = sweep["results"].get(f"norcal_gamma={gamma:g}")
@@ -471,9 +480,7 @@ def write_record(records, method, seed, run_dir, identity, metrics, norcal=None,
     elif previous is not None:
         record["replaces"] = {k: v for k, v in previous.items() if k in (
             "metrics", "norcal", "commit", "machine", "written", "replaces", "data_rebased")}
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _write_json(path, record)
     return path
 
 
@@ -488,8 +495,7 @@ def read_record(records, method, seed, identity):
     path = record_path(records, method, seed) if records else None
     if not path or not os.path.isfile(path):
         return None, None
-    with open(path) as f:
-        record = json.load(f)
+    record = _json(path)
     if record.get("format") != RECORD_FORMAT:
         raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
     grad_stats = record_grad_stats_path(records, method, seed)
@@ -508,11 +514,6 @@ def read_record(records, method, seed, identity):
 def record_sweep(record):
     """{γ: bbox metrics} of a record's NorCal sweep (``norcal_metrics``'s form)."""
     return {float(g): m for g, m in record["norcal"].items()}
-
-
-def _json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def data_difference(old_root, new_root):
@@ -562,9 +563,7 @@ def rebase_records(records, old_digest, new_digest, why):
         record["dataset"] = new_digest
         record.setdefault("data_rebased", []).append(
             {"from": old_digest, "why": why, "written": datetime.date.today().isoformat()})
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_json(path, record)
         rewritten.append(path)
     return rewritten
 
